@@ -1,0 +1,229 @@
+"""The EM engine: one loop for every model.
+
+``fit_em`` alternates
+
+* E-step: exact posterior over the enumerated sites at ``theta_t``
+  (:meth:`EnumeratedModel.estep`);
+* M-step: ``theta_{t+1} = argmax_theta Q(theta | theta_t) + log p(theta)``,
+  by the model's registered closed form when it has one (the fast path) and by
+  a torch optimiser (LBFGS by default) on the unconstrained parameters for
+  everything else,
+
+until the relative change of the log joint ``log p(x | theta) + log p(theta)``
+falls below ``tol``; ``num_inits`` restarts keep the best; the returned
+posteriors come from a final E-step at the returned parameters.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Optional
+
+import torch
+from pyro import poutine
+from pyro.distributions.transforms import biject_to
+
+from .enumeration import EnumeratedModel, EStep
+from .errors import MetagenError, ModelError
+from .registry import ModelSpec, load_model
+from .result import FitResult
+from .util import seeded
+from .validate import check_data, check_num_objects
+
+
+def _progress(total, desc, enabled):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+def initial_values(spec: ModelSpec, em: EnumeratedModel, generator: torch.Generator, dtype) -> dict:
+    """Starting values for one restart: the model's ``initialize`` hook, else a prior draw."""
+    values = {}
+    seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+    with seeded(seed):
+        tr = poutine.trace(em.raw_model).get_trace(em.data, em.num_objects, **em.options)
+    for name in em.latents:
+        values[name] = tr.nodes[name]["value"].detach().to(dtype)
+    if spec.initialize is not None:
+        given = spec.initialize(em.data, em.num_objects, generator, **em.options)
+        values.update({k: v.detach().to(dtype) for k, v in given.items() if k in em.latents})
+    return values
+
+
+def optimizer_mstep(em: EnumeratedModel, values: dict, est: EStep, names, *,
+                    optimizer: str = "lbfgs", steps: int = 50, lr: Optional[float] = None) -> dict:
+    """Generic M-step: maximise ``Q + log prior`` over ``names`` with a torch optimiser.
+
+    Works in the unconstrained space of each site (``biject_to(support)``). It is
+    a generalised M-step: if the optimiser does not improve Q the old values are
+    kept, so Q never decreases.
+    """
+    names = list(names)
+    if not names:
+        return values
+    transforms = {n: biject_to(em.latents[n].constraint) for n in names}
+    free = {}
+    for n in names:
+        u = transforms[n].inv(values[n]).detach().clone()
+        free[n] = torch.nan_to_num(u, nan=0.0, posinf=30.0, neginf=-30.0).requires_grad_(True)
+
+    def current():
+        v = dict(values)
+        v.update({n: transforms[n](free[n]) for n in names})
+        return v
+
+    with torch.no_grad():
+        q_old = float(em.q_value(values, est))
+    norm = max(abs(q_old), 1.0)
+    params = list(free.values())
+    if optimizer == "lbfgs":
+        opt = torch.optim.LBFGS(params, lr=lr or 1.0, max_iter=steps, line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-12, tolerance_change=1e-14, history_size=20)
+
+        def closure():
+            opt.zero_grad()
+            loss = -em.q_value(current(), est) / norm
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr or 0.05)
+        with torch.enable_grad():
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = -em.q_value(current(), est) / norm
+                loss.backward()
+                opt.step()
+    else:
+        raise MetagenError(f"unknown optimizer {optimizer!r}; choose 'lbfgs' or 'adam'")
+    with torch.no_grad():
+        new = {k: v.detach() for k, v in current().items()}
+        q_new = float(em.q_value(new, est))
+    if not (q_new >= q_old) or not all(torch.isfinite(new[n]).all() for n in names):
+        return values  # no improvement: keep the old point (GEM step)
+    return new
+
+
+def _single_run(spec, em, init, *, mstep, optimizer, optimizer_steps, tol, max_iter, pbar):
+    values = dict(init)
+    closed = spec.closed_form_mstep if mstep in ("auto", "closed") else None
+    est = em.estep(values)
+    trace = [est.log_joint]
+    q_trace = []
+    converged = False
+    n_iter = 0
+    for it in range(1, max_iter + 1):
+        rest = list(em.latents)
+        if closed is not None:
+            upd = closed(em.data, est.marginals, values, em.num_objects, **em.options)
+            values = dict(values)
+            values.update({k: v.detach() for k, v in upd.items() if k in em.latents})
+            rest = [n for n in em.latents if n not in upd]
+        if rest:
+            values = optimizer_mstep(em, values, est, rest, optimizer=optimizer, steps=optimizer_steps)
+            with torch.no_grad():
+                q_trace.append(float(em.q_value(values, est)))
+        prev = est.log_joint
+        est = em.estep(values)
+        trace.append(est.log_joint)
+        n_iter = it
+        if pbar is not None:
+            pbar.update(1)
+            pbar.set_postfix(log_joint=f"{est.log_joint:.4g}")
+        if abs(est.log_joint - prev) <= tol * max(abs(est.log_joint), 1.0):
+            converged = True
+            break
+    return values, est, trace, q_trace, n_iter, converged
+
+
+def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int = 1,
+           mstep: str = "auto", optimizer: str = "lbfgs", optimizer_steps: int = 50,
+           tol: float = 1e-6, max_iter: int = 200, init: Optional[dict] = None,
+           progress: bool = False, options: Optional[dict] = None) -> FitResult:
+    """Fit a model by (MAP-)EM.
+
+    Maximises ``log p(x | theta) + log p(theta)`` with the discrete sites summed
+    out, by ``theta <- argmax Q(theta | theta_old) + log p(theta)``.
+
+    Parameters
+    ----------
+    model : str, path or ModelSpec
+        A built-in model name (``"baseline"``), a ``.py`` path, or a loaded spec.
+    data : dict of str -> tensor
+        Observed tensors, e.g. ``{"x": (N, 3)}``; their dtype sets the precision.
+    num_objects : int
+        ``K``, number of objects.
+    seed : int
+        Seeds the initialisation of every restart (results are deterministic).
+    num_inits : int
+        Restarts; the run with the highest final log joint is returned.
+    mstep : {"auto", "closed", "optimizer"}
+        ``auto``/``closed`` use the model's closed form where it registers one
+        (and the optimiser for the remaining sites); ``optimizer`` never does.
+    optimizer : {"lbfgs", "adam"}, optimizer_steps : int
+        The generic M-step's optimiser and its iteration budget per M-step.
+    tol : float
+        Stop when ``|L_t - L_{t-1}| <= tol * max(|L_t|, 1)``.
+    max_iter : int
+    init : dict, optional
+        Starting values (overrides the initialisation of the first restart).
+    options : dict, optional
+        Keyword arguments of the model (e.g. ``{"scale": 0.5}`` to fix the noise).
+
+    Returns
+    -------
+    FitResult
+        ``trace`` is the log joint per iteration (the initial point first);
+        ``info["restart_log_joint"]`` the final objective of every restart.
+    """
+    spec = load_model(model)
+    if mstep not in ("auto", "closed", "optimizer"):
+        raise MetagenError(f"unknown mstep {mstep!r}; choose 'auto', 'closed' or 'optimizer'")
+    if mstep == "closed" and spec.closed_form_mstep is None:
+        raise ModelError(f"model {spec.name!r} registers no closed-form M-step; use mstep='optimizer'")
+    if num_inits < 1 or max_iter < 1:
+        raise MetagenError("num_inits and max_iter must be at least 1")
+    check_data(data)
+    check_num_objects(num_objects, data)
+    t0 = time.perf_counter()
+    em = EnumeratedModel(spec.model, data, num_objects, options)
+    dtype = next(iter(v for v in data.values() if torch.is_tensor(v) and v.is_floating_point())).dtype
+    best = None
+    restart_scores = []
+    pbar = _progress(max_iter * num_inits, f"EM {spec.name}", progress)
+    for r in range(num_inits):
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + r)
+        start = initial_values(spec, em, gen, dtype)
+        if init is not None and r == 0:
+            start.update({k: torch.as_tensor(v, dtype=dtype) for k, v in init.items()})
+        run = _single_run(spec, em, start, mstep=mstep, optimizer=optimizer,
+                          optimizer_steps=optimizer_steps, tol=tol, max_iter=max_iter, pbar=pbar)
+        restart_scores.append(run[1].log_joint)
+        if best is None or run[1].log_joint > best[1].log_joint:
+            best = run
+    if pbar is not None:
+        pbar.close()
+    values, est, trace, q_trace, n_iter, converged = best
+    if not converged:
+        warnings.warn(f"EM stopped at max_iter={max_iter} before reaching tol={tol}; "
+                      "raise max_iter or loosen tol", RuntimeWarning, stacklevel=2)
+    obs = em.observed_sites[0] if em.observed_sites else None
+    pointwise = em.pointwise_log_likelihood(values, obs) if obs else None
+    return FitResult(
+        model=spec.name, method="em", params=values,
+        log_likelihood=est.log_likelihood, log_joint=est.log_joint,
+        trace=trace, trace_label="log joint (EM objective)",
+        n_iter=n_iter, converged=converged, wall_time_s=time.perf_counter() - t0,
+        posteriors=est.marginals,
+        map_assignments={k: v.argmax(-1) for k, v in est.marginals.items()},
+        pointwise_log_likelihood=None if pointwise is None else pointwise[None, None],
+        observed={k: v for k, v in data.items() if torch.is_tensor(v)},
+        info={"restart_log_joint": restart_scores, "q_trace": q_trace, "mstep": mstep,
+              "log_prior": est.log_prior},
+    )

@@ -1,0 +1,122 @@
+"""Finding model variants by name or by file path.
+
+A *model module* is an ordinary Python file that defines
+
+``model(data, num_objects, **options)``
+    the Pyro model function (required). ``data`` is a dict of tensors (for the
+    point models ``{"x": (N, 3)}``, optionally ``"o": (N,)``).  Discrete
+    assignment sites are marked ``infer={"enumerate": "parallel"}``; continuous
+    unknowns are ``pyro.sample`` sites (fitted as MAP by EM and SVI-MAP, sampled
+    by NUTS) or ``pyro.param`` sites.
+
+and optionally
+
+``simulate(num_objects, num_obs, seed, **options) -> dict``
+    a simulated data set in the JSON exchange format, with ``"truth"``;
+``initialize(data, num_objects, generator, **options) -> dict``
+    starting values of the continuous unknowns (one restart);
+``closed_form_mstep(data, marginals, params, num_objects, **options) -> dict``
+    the fast-path M-step: new values of the sites it knows in closed form;
+``data_from_json(obj, dtype) -> dict``
+    converts a parsed JSON data file to the model's ``data`` dict;
+``COMPONENT_SITES``
+    ``{site: dim}``: sites indexed by object along ``dim`` (used to align
+    labels across MCMC draws and to match estimates to the truth);
+``LOCATION_SITE``
+    the name of the ``(K, D)`` site holding object locations (default
+    ``"locs"``).
+
+Built-in variants live in the top-level ``models/`` package and are found by
+name (``"baseline"``); any other file is found by its path
+(``"my_models/variant.py"``), so a user can run their own variant with the
+same commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import pkgutil
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Callable, Optional
+
+from .errors import ModelError
+
+
+@dataclass
+class ModelSpec:
+    """A model module, with its optional hooks resolved (``None`` if absent)."""
+
+    name: str
+    model: Callable
+    module: ModuleType
+    simulate: Optional[Callable] = None
+    initialize: Optional[Callable] = None
+    closed_form_mstep: Optional[Callable] = None
+    data_from_json: Optional[Callable] = None
+    component_sites: dict = field(default_factory=dict)
+    location_site: str = "locs"
+
+
+def builtin_models() -> list[str]:
+    """Names of the model variants shipped in ``models/``."""
+    import models
+
+    return sorted(
+        m.name for m in pkgutil.iter_modules(models.__path__) if not m.name.startswith("_")
+    )
+
+
+def _spec_from_module(name: str, module: ModuleType) -> ModelSpec:
+    model = getattr(module, "model", None)
+    if not callable(model):
+        raise ModelError(
+            f"model module {name!r} defines no function `model(data, num_objects, ...)`; "
+            "add one (see metagen_ppl.registry for the protocol)"
+        )
+    return ModelSpec(
+        name=name,
+        model=model,
+        module=module,
+        simulate=getattr(module, "simulate", None),
+        initialize=getattr(module, "initialize", None),
+        closed_form_mstep=getattr(module, "closed_form_mstep", None),
+        data_from_json=getattr(module, "data_from_json", None),
+        component_sites=dict(getattr(module, "COMPONENT_SITES", {})),
+        location_site=getattr(module, "LOCATION_SITE", "locs"),
+    )
+
+
+def load_model(name_or_path) -> ModelSpec:
+    """Return the :class:`ModelSpec` of a built-in model name or a ``.py`` path.
+
+    Raises
+    ------
+    ModelError
+        If no built-in model has that name and no such file exists, or the
+        file does not define ``model``.
+    """
+    if isinstance(name_or_path, ModelSpec):
+        return name_or_path
+    if isinstance(name_or_path, ModuleType):
+        return _spec_from_module(name_or_path.__name__.rsplit(".", 1)[-1], name_or_path)
+    text = os.fspath(name_or_path)
+    if text.endswith(".py") or os.sep in text or "/" in text:
+        if not os.path.isfile(text):
+            raise ModelError(f"model file {text!r} does not exist; give a built-in name "
+                             f"({', '.join(builtin_models())}) or the path of a .py file")
+        mod_name = "metagen_user_model_" + os.path.splitext(os.path.basename(text))[0]
+        spec = importlib.util.spec_from_file_location(mod_name, text)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # a user's file that does not import is bad input
+            raise ModelError(f"model file {text!r} failed to import: {type(e).__name__}: {e}") from e
+        return _spec_from_module(os.path.splitext(os.path.basename(text))[0], module)
+    known = builtin_models()
+    if text not in known:
+        raise ModelError(f"unknown model {text!r}; built-in models are: {', '.join(known)} "
+                         "(or give the path of a .py file that defines `model`)")
+    return _spec_from_module(text, importlib.import_module(f"models.{text}"))
