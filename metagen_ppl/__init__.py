@@ -5,8 +5,9 @@ from .registry import ModelSpec, builtin_models, load_model
 from .result import FitResult
 from .em import fit_em
 from .enumeration import EnumeratedModel
+from .api import fit
 
 __version__ = "0.1.0"
 
 __all__ = ["DataError", "MetagenError", "ModelError", "ModelSpec", "builtin_models", "load_model",
-           "FitResult", "fit_em", "EnumeratedModel", "__version__"]
+           "FitResult", "fit_em", "EnumeratedModel", "fit", "__version__"]
