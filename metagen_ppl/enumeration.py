@@ -21,10 +21,12 @@ which the M-step maximises. Nothing here knows any particular model.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
@@ -156,7 +158,7 @@ class EnumeratedModel:
         self.param_latents = [n for n, s in self.latents.items() if s.kind == "param"]
 
     # ------------------------------------------------------------------ tracing
-    def trace(self, values: dict):
+    def trace(self, values: dict, pack: bool = True):
         """Trace the model under parallel enumeration with ``values`` conditioned in."""
         model = self.model
         if self.param_latents:
@@ -165,9 +167,13 @@ class EnumeratedModel:
         model = poutine.enum(model, first_available_dim=-1 - self.max_plate_nesting)
         args, kwargs = self._call_args()
         try:
-            tr = prune_subsample_sites(poutine.trace(model).get_trace(*args, **kwargs))
-            tr.compute_log_prob()
-            tr.pack_tensors()
+            # arguments and data were validated by the discovery trace; skip re-checking
+            # supports on every E-step and Q evaluation
+            with pyro.validation_enabled(False):
+                tr = prune_subsample_sites(poutine.trace(model).get_trace(*args, **kwargs))
+                tr.compute_log_prob()
+            if pack:
+                tr.pack_tensors()
         except ModelError:
             raise
         except Exception as e:
@@ -215,53 +221,79 @@ class EnumeratedModel:
 
     # ------------------------------------------------------------------ E-step
     def estep(self, values: dict, need_weights: bool = True) -> EStep:
-        """Exact E-step at ``values``: log evidence and posterior marginals."""
+        """Exact E-step at ``values``: log evidence and posterior marginals.
+
+        When the model has a single enumerated dimension and all its factors lie
+        in the same plates (the assignment-site case of every mixture), the
+        marginals are a softmax over that dimension; otherwise they come from
+        reverse-mode differentiation of Pyro's contraction.
+        """
         values = {k: v.detach() for k, v in values.items()}
-        with torch.enable_grad():
+        with torch.no_grad():
             tr, factors, costs, sum_dims = self.factors(values)
+        ordinals = {ordinal for ordinal, _ in factors.values()}
+        if len(sum_dims) == 1 and len(ordinals) == 1:
+            log_z, weights = self._local_estep(tr, factors, sum_dims, need_weights)
+        else:
+            log_z, weights = self._generic_estep(tr, factors, sum_dims, need_weights)
+        zero = torch.zeros((), dtype=log_z.dtype)
+        cost_total = sum((c.detach() for c in costs.values()), zero)
+        log_prior = sum((costs[n].detach() for n in self.sample_latents if n in costs), zero)
+        log_joint = float(log_z + cost_total)
+        if not math.isfinite(log_joint):
+            raise ModelError("the log evidence is not finite at the current parameters "
+                             "(NaN or -inf): check the data for NaN/inf and the model's supports")
+        marginals = OrderedDict()
+        if need_weights:
+            for name in self.enum_sites:
+                marginals[name] = self._site_marginal(tr, name, weights[name])
+        return EStep(log_joint=log_joint, log_likelihood=log_joint - float(log_prior),
+                     log_prior=float(log_prior), marginals=marginals, weights=weights)
+
+    @staticmethod
+    def _local_estep(tr, factors, sum_dims, need_weights):
+        """One enumerated dim, one plate context: softmax over it."""
+        enum_dim = tr.symbol_to_dim[next(iter(sum_dims))]
+        dense = [tr.nodes[name]["log_prob"] for name in factors]
+        shape = torch.broadcast_shapes(*(d.shape for d in dense))
+        total = dense[0].expand(shape)
+        for d in dense[1:]:
+            total = total + d
+        lse = total.logsumexp(enum_dim, keepdim=True)
+        log_z = lse.sum()
+        weights = OrderedDict()
+        if need_weights:
+            post = (total - lse).exp()
+            for name in factors:
+                weights[name] = post
+        return log_z, weights
+
+    def _generic_estep(self, tr, factors, sum_dims, need_weights):
+        """Any enumerable structure: d log Z / d log f = marginal of factor f."""
+        with torch.enable_grad():
             leaves = OrderedDict()
             for name, (ordinal, term) in factors.items():
                 leaf = term.detach().requires_grad_(need_weights)
                 leaf._pyro_dims = term._pyro_dims
                 leaves[name] = (ordinal, leaf)
-            log_z = self._contract(leaves, sum_dims)
-            log_z = packed.unpack(log_z, tr.symbol_to_dim).sum()
-            grads = (torch.autograd.grad(log_z, [leaf for _, leaf in leaves.values()])
-                     if need_weights else [None] * len(leaves))
-        cost_total = sum((c.detach() for c in costs.values()), torch.zeros((), dtype=log_z.dtype))
-        log_prior = sum((costs[n].detach() for n in self.sample_latents if n in costs),
-                        torch.zeros((), dtype=log_z.dtype))
-        log_joint = float(log_z.detach() + cost_total)
-        if not torch.isfinite(torch.tensor(log_joint)):
-            raise ModelError("the log evidence is not finite at the current parameters "
-                             "(NaN or -inf): check the data for NaN/inf and the model's supports")
-        weights, marginals = OrderedDict(), OrderedDict()
-        if need_weights:
-            for (name, (_, leaf)), grad in zip(leaves.items(), grads):
-                grad._pyro_dims = leaf._pyro_dims
-                weights[name] = grad
-            for name in self.enum_sites:
-                marginals[name] = self._site_marginal(tr, name, weights)
-        return EStep(log_joint=log_joint, log_likelihood=log_joint - float(log_prior),
-                     log_prior=float(log_prior), marginals=marginals, weights=weights)
+            log_z = packed.unpack(self._contract(leaves, sum_dims), tr.symbol_to_dim).sum()
+            weights = OrderedDict()
+            if need_weights:
+                grads = torch.autograd.grad(log_z, [leaf for _, leaf in leaves.values()])
+                for (name, (_, leaf)), grad in zip(leaves.items(), grads):
+                    grad._pyro_dims = leaf._pyro_dims
+                    weights[name] = packed.unpack(grad, tr.symbol_to_dim)
+        return log_z.detach(), weights
 
-    @staticmethod
-    def _site_marginal(tr, name, weights):
-        """Marginal of one enumerated site from the weights of its own factor."""
+    def _site_marginal(self, tr, name, w):
+        """Marginal ``(*plate_shape, K)`` of one enumerated site from its factor's weights."""
         site = tr.nodes[name]
-        symbol = site["infer"]["_enumerate_symbol"]
-        w = weights[name]
-        plate_symbols = set(tr.plate_to_symbol.values())
-        other = [d for d in w._pyro_dims if d != symbol and d not in plate_symbols]
-        dims = w._pyro_dims
-        if other:  # sum out the enumeration dims of the site's parents
-            keep = "".join(d for d in dims if d not in other)
-            w2 = w.sum([dims.index(d) for d in other])
-            w2._pyro_dims = keep
-            w = w2
-        dense = packed.unpack(w, tr.symbol_to_dim)
         enum_dim = site["infer"]["_enumerate_dim"]
-        dense = dense.unsqueeze(-1).transpose(-1, enum_dim - 1).squeeze(enum_dim - 1)
+        other = [tr.nodes[n]["infer"]["_enumerate_dim"] for n in self.enum_sites if n != name]
+        other = [d for d in other if w.dim() >= -d and w.shape[d] > 1]
+        if other:  # sum out the enumeration dims of the site's parents
+            w = w.sum(other, keepdim=True)
+        dense = w.unsqueeze(-1).transpose(-1, enum_dim - 1).squeeze(enum_dim - 1)
         while dense.dim() > 1 and dense.shape[0] == 1:
             dense = dense.squeeze(0)
         return dense.detach()
@@ -269,14 +301,22 @@ class EnumeratedModel:
     # ------------------------------------------------------------------ Q
     def q_value(self, values: dict, estep: EStep) -> torch.Tensor:
         """Differentiable ``Q(values | estep) + log p(values)`` (expected complete log joint)."""
-        _, factors, costs, _ = self.factors(values)
-        total = sum(costs.values(), torch.zeros(()))
-        for name, (_, term) in factors.items():
-            w = estep.weights[name]
-            if w._pyro_dims != term._pyro_dims or w.shape != term.shape:
-                raise ModelError(f"the factor of site {name!r} changed shape between E-step and "
-                                 "M-step; the model's structure must not depend on parameter values")
-            total = total + (w * term).sum()
+        tr = self.trace(values, pack=False)
+        total = torch.zeros(())
+        for name, site in tr.nodes.items():
+            if site["type"] != "sample":
+                continue
+            lp = site["log_prob"]
+            w = estep.weights.get(name)
+            if w is None:
+                total = total + lp.sum()
+            else:
+                try:
+                    torch.broadcast_shapes(w.shape, lp.shape)
+                except RuntimeError:
+                    raise ModelError(f"the factor of site {name!r} changed shape between E-step and "
+                                     "M-step; the model's structure must not depend on parameter values")
+                total = total + (w * lp).sum()
         return total
 
     def log_evidence(self, values: dict) -> torch.Tensor:

@@ -23,6 +23,7 @@ import pyro
 import pyro.distributions as dist
 from torch.distributions.transforms import PowerTransform
 
+from metagen_ppl.distributions import IsotropicNormal
 from metagen_ppl.init import kmeans_plusplus
 from metagen_ppl.util import seeded
 
@@ -72,8 +73,8 @@ def model(data, num_objects, *, weights=None, scale=None, num_obs=None,
     else:
         scale = torch.as_tensor(scale, dtype=dtype)
     with pyro.plate("data", n, dim=-1):
-        z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
-        pyro.sample("x", dist.Normal(locs[z], scale).to_event(1), obs=x)
+        z = pyro.sample("z", dist.Categorical(logits=torch.log(weights)), infer={"enumerate": "parallel"})
+        pyro.sample("x", IsotropicNormal(locs[z], scale), obs=x)
 
 
 def closed_form_mstep(data, marginals, params, num_objects, *, weights=None, scale=None,

@@ -1,0 +1,83 @@
+"""Distributions tuned for the E-step's enumerated shapes."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pyro.distributions import TorchDistribution, constraints
+
+
+class IsotropicNormal(TorchDistribution):
+    r"""``Normal(loc, scale^2 I)`` over the last dimension (an event of size ``D``).
+
+    Same density as ``Normal(loc, scale).to_event(1)`` with a scalar or
+    batch ``scale``; its ``log_prob`` expands
+    ``|x - m|^2 = |x|^2 - 2 x.m + |m|^2`` and computes the cross term as a
+    matrix product when ``loc`` does not vary along the data dimension (the
+    enumerated case: ``loc`` of shape ``(K, 1, D)`` against data ``(N, D)``),
+    so an E-step costs one ``(K, D) x (D, N)`` product instead of a
+    ``(K, N, D)`` elementwise pass.
+
+    Parameters
+    ----------
+    loc : tensor (..., D)
+    scale : tensor or float, broadcastable to ``loc.shape[:-1]``
+    """
+
+    arg_constraints = {"loc": constraints.real_vector, "scale": constraints.positive}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, loc, scale, validate_args=None):
+        self.loc = loc
+        self.scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
+        batch_shape = torch.broadcast_shapes(loc.shape[:-1], self.scale.shape)
+        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(IsotropicNormal, _instance)
+        batch_shape = torch.Size(batch_shape)
+        torch.broadcast_shapes(self.loc.shape[:-1], batch_shape)  # raises if not expandable
+        # keep loc unexpanded: the matmul fast path needs its broadcast (size-1) data dim
+        new.loc = self.loc
+        new.scale = self.scale
+        super(IsotropicNormal, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + eps * self.scale.unsqueeze(-1)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        loc = self.loc
+        d = loc.shape[-1]
+        var = self.scale * self.scale
+        const = -d * torch.log(self.scale) - 0.5 * d * math.log(2 * math.pi)
+        if value.dim() == 2 and loc.dim() >= 2 and loc.shape[-2] == 1 and self.scale.dim() == 0:
+            # loc constant along the data dim: -|x - m|^2 / (2 s^2) as one matrix product
+            # plus a broadcast sum, (..., 1, D) @ (D, N) -> (..., N)
+            m = loc.squeeze(-2)
+            coef = -0.5 / var
+            base = (coef * (m * m).sum(-1, keepdim=True) + const) + coef * (value * value).sum(-1)
+            if m.dim() == 2:
+                out = torch.addmm(base, m / var, value.T)
+            else:
+                out = base + (m / var) @ value.T
+        else:
+            diff = value - loc
+            out = -0.5 * (diff * diff).sum(-1) / var + const
+        shape = torch.broadcast_shapes(out.shape, self.batch_shape)
+        return out if out.shape == shape else out.expand(shape)
+
+    @property
+    def mean(self):
+        return self.loc.expand(self.batch_shape + self.event_shape)
+
+    @property
+    def variance(self):
+        return (self.scale * self.scale).unsqueeze(-1).expand(self.batch_shape + self.event_shape)
