@@ -40,8 +40,14 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, leave=False)
 
 
-def initial_values(spec: ModelSpec, em: EnumeratedModel, generator: torch.Generator, dtype) -> dict:
-    """Starting values for one restart: the model's ``initialize`` hook, else a prior draw."""
+def initial_values(spec: ModelSpec, em: EnumeratedModel, generator: torch.Generator, dtype,
+                   init: Optional[dict] = None) -> dict:
+    """Starting values for one restart: the model's ``initialize`` hook, else a prior draw;
+    entries of ``init`` (user-given values) override both."""
+    unknown = sorted(set(init or {}) - set(em.latents))
+    if unknown:
+        raise MetagenError(f"init gives values for {unknown}, which are not unknowns of this model "
+                           f"(fixed by options, or misspelt); its unknowns are {list(em.latents)}")
     values = {}
     seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
     with seeded(seed):
@@ -51,6 +57,8 @@ def initial_values(spec: ModelSpec, em: EnumeratedModel, generator: torch.Genera
     if spec.initialize is not None:
         given = spec.initialize(em.data, em.num_objects, generator, **em.options)
         values.update({k: v.detach().to(dtype) for k, v in given.items() if k in em.latents})
+    if init:
+        values.update({k: torch.as_tensor(v, dtype=dtype) for k, v in init.items()})
     return values
 
 
@@ -191,6 +199,7 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
         raise MetagenError("num_inits and max_iter must be at least 1")
     check_data(data)
     check_num_objects(num_objects, data)
+    num_objects = int(num_objects)
     t0 = time.perf_counter()
     em = EnumeratedModel(spec.model, data, num_objects, options)
     dtype = next(iter(v for v in data.values() if torch.is_tensor(v) and v.is_floating_point())).dtype
@@ -199,9 +208,7 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
     pbar = _progress(max_iter * num_inits, f"EM {spec.name}", progress)
     for r in range(num_inits):
         gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + r)
-        start = initial_values(spec, em, gen, dtype)
-        if init is not None and r == 0:
-            start.update({k: torch.as_tensor(v, dtype=dtype) for k, v in init.items()})
+        start = initial_values(spec, em, gen, dtype, init if r == 0 else None)
         run = _single_run(spec, em, start, mstep=mstep, optimizer=optimizer,
                           optimizer_steps=optimizer_steps, tol=tol, max_iter=max_iter, pbar=pbar)
         restart_scores.append(run[1].log_joint)

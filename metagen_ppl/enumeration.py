@@ -214,6 +214,10 @@ class EnumeratedModel:
 
     @staticmethod
     def _contract(factors, sum_dims, target_ordinal=frozenset()):
+        if not factors:  # nothing depends on an enumerated dim (every support has size 1)
+            zero = torch.zeros((), dtype=torch.float64)
+            zero._pyro_dims = ""
+            return zero
         tree = OrderedDict()
         for ordinal, term in factors.values():
             tree.setdefault(ordinal, []).append(term)
@@ -232,6 +236,11 @@ class EnumeratedModel:
         with torch.no_grad():
             tr, factors, costs, sum_dims = self.factors(values)
         ordinals = {ordinal for ordinal, _ in factors.values()}
+        if not factors:
+            # Every enumerated site has a single value (e.g. K = 1): Pyro's packing drops
+            # size-1 dims, so nothing is left to sum; each posterior is 1 and log p(x) is
+            # just the sum of the costs.
+            return self._trivial_estep(tr, costs)
         if len(sum_dims) == 1 and len(ordinals) == 1:
             log_z, weights = self._local_estep(tr, factors, sum_dims, need_weights)
         else:
@@ -249,6 +258,18 @@ class EnumeratedModel:
                 marginals[name] = self._site_marginal(tr, name, weights[name])
         return EStep(log_joint=log_joint, log_likelihood=log_joint - float(log_prior),
                      log_prior=float(log_prior), marginals=marginals, weights=weights)
+
+    def _trivial_estep(self, tr, costs):
+        zero = torch.zeros((), dtype=next(iter(costs.values())).dtype)
+        log_joint = float(sum((c.detach() for c in costs.values()), zero))
+        log_prior = float(sum((costs[n].detach() for n in self.sample_latents if n in costs), zero))
+        marginals = OrderedDict()
+        for name in self.enum_sites:
+            frames = sorted((f for f in tr.nodes[name]["cond_indep_stack"] if f.vectorized),
+                            key=lambda f: f.dim)
+            marginals[name] = torch.ones(*[f.size for f in frames], 1, dtype=zero.dtype)
+        return EStep(log_joint=log_joint, log_likelihood=log_joint - log_prior,
+                     log_prior=log_prior, marginals=marginals, weights=OrderedDict())
 
     @staticmethod
     def _local_estep(tr, factors, sum_dims, need_weights):
@@ -294,9 +315,9 @@ class EnumeratedModel:
         if other:  # sum out the enumeration dims of the site's parents
             w = w.sum(other, keepdim=True)
         dense = w.unsqueeze(-1).transpose(-1, enum_dim - 1).squeeze(enum_dim - 1)
-        while dense.dim() > 1 and dense.shape[0] == 1:
-            dense = dense.squeeze(0)
-        return dense.detach()
+        # (*plate_shape, K) from the site's own plates: a plate of size 1 keeps its dim
+        frames = sorted((f for f in site["cond_indep_stack"] if f.vectorized), key=lambda f: f.dim)
+        return dense.reshape(tuple(f.size for f in frames) + (dense.shape[-1],)).detach()
 
     # ------------------------------------------------------------------ Q
     def q_value(self, values: dict, estep: EStep) -> torch.Tensor:
@@ -340,7 +361,11 @@ class EnumeratedModel:
             for name in self.enum_sites:
                 if not target <= _ordinal(tr, tr.nodes[name]):
                     return None
-            ll = packed.unpack(self._contract(factors, sum_dims, target_ordinal=target),
+            # plates of size 1 have no dim in the packed tensors: do not ask the ring for them
+            sizes = {tr.plate_to_symbol[f.name]: f.size
+                     for f in tr.nodes[site]["cond_indep_stack"] if f.vectorized}
+            ring_target = frozenset(s for s in target if sizes.get(s, 2) > 1)
+            ll = packed.unpack(self._contract(factors, sum_dims, target_ordinal=ring_target),
                                tr.symbol_to_dim)
             for name in costs:
                 if name in self.sample_latents:

@@ -53,6 +53,7 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
     spec = load_model(model)
     check_data(data)
     check_num_objects(num_objects, data)
+    num_objects = int(num_objects)
     options = dict(options or {})
     t0 = time.perf_counter()
     em = EnumeratedModel(spec.model, data, num_objects, options)
@@ -63,9 +64,8 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
     enum_model = config_enumerate(spec.model, default="parallel")
     chains, divergences = [], []
     for c in range(num_chains):
-        start = initial_values(spec, em, torch.Generator().manual_seed(int(seed) * 1_000_003 + c), dtype)
-        if init is not None and c == 0:
-            start.update({k: torch.as_tensor(v, dtype=dtype) for k, v in init.items()})
+        start = initial_values(spec, em, torch.Generator().manual_seed(int(seed) * 1_000_003 + c), dtype,
+                               init if c == 0 else None)
         kernel = NUTS(enum_model, max_plate_nesting=em.max_plate_nesting, target_accept_prob=target_accept_prob,
                       max_tree_depth=max_tree_depth, init_strategy=init_to_value(values=start))
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=1,

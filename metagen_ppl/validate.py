@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .errors import DataError
@@ -31,7 +33,7 @@ def check_data(data: dict) -> None:
 
 def check_num_objects(num_objects, data: dict) -> None:
     """``1 <= K <= N``."""
-    if isinstance(num_objects, bool) or not isinstance(num_objects, int):
+    if isinstance(num_objects, bool) or not isinstance(num_objects, numbers.Integral):
         raise DataError(f"num_objects must be an integer, got {num_objects!r}")
     if num_objects < 1:
         raise DataError(f"num_objects must be at least 1, got {num_objects}")
