@@ -107,6 +107,9 @@ def load_model(name_or_path) -> ModelSpec:
         if not os.path.isfile(text):
             raise ModelError(f"model file {text!r} does not exist; give a built-in name "
                              f"({', '.join(builtin_models())}) or the path of a .py file")
+        if not text.endswith(".py"):
+            raise ModelError(f"model file {text!r} is not a Python file; give the path of a .py "
+                             "file that defines `model`, or a built-in model name")
         mod_name = "metagen_user_model_" + os.path.splitext(os.path.basename(text))[0]
         spec = importlib.util.spec_from_file_location(mod_name, text)
         module = importlib.util.module_from_spec(spec)

@@ -1,0 +1,383 @@
+"""The ``metagen-ppl`` command line: ``simulate``, ``fit`` and ``demo``.
+
+Every command has ``--help``. Bad input (a missing or malformed file, NaN in
+the data, an unknown model, K < 1, ...) ends with one line
+``metagen-ppl: error: <message>`` on stderr and exit code 2; ``--debug``
+(before or after the command name) also prints the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import traceback
+import warnings
+from typing import Optional, Sequence
+
+from .errors import DataError, MetagenError, ModelError
+
+PROG = "metagen-ppl"
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+METHODS = ("em", "svi", "svi-map", "svi-normal", "mcmc")
+_RESERVED_OPTIONS = {"data": "--data", "num_objects": "--num-objects", "num_obs": "--num-obs", "seed": "--seed"}
+
+
+class _UsageError(Exception):
+    """A command-line syntax error (raised instead of argparse's print-usage-and-exit)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block, exit code 2 (handled in main)
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows ``(default: X)`` where a default exists and the help text does not already say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" not in text and not any(action.default is v for v in (None, False, argparse.SUPPRESS))
+                and action.option_strings and action.nargs != 0):
+            text += " (default: %(default)s)"
+        return text
+
+
+# --------------------------------------------------------------------------- helpers
+def _say(*parts, file=None):
+    print(*parts, file=file or sys.stdout, flush=True)
+
+
+def _parse_options(pairs: Optional[Sequence[str]]) -> dict:
+    """``["scale=0.5", "weights=[0.5,0.5]"]`` -> ``{"scale": 0.5, "weights": [0.5, 0.5]}`` (JSON when it parses)."""
+    out = {}
+    for item in pairs or ():
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise DataError(f"--option expects key=value (e.g. --option scale=0.5), got {item!r}")
+        if key in _RESERVED_OPTIONS:
+            raise DataError(f"--option {key}=... is not allowed; use {_RESERVED_OPTIONS[key]}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out[key] = value
+    return out
+
+
+def _keyword_names(fn, skip: int):
+    """Keyword parameter names of ``fn`` after the first ``skip`` positional ones; ``None`` if it takes ``**kwargs``."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    names, positional = set(), 0
+    for p in params:
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) and positional < skip:
+            positional += 1
+            continue
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            names.add(p.name)
+    return names
+
+
+def _check_options(spec, options: dict, for_simulate: bool = False) -> None:
+    """Reject ``--option`` keys the model (or its simulator) does not take, naming the ones it does."""
+    if not options:
+        return
+    allowed = _keyword_names(spec.model, 2)
+    if for_simulate and spec.simulate is not None:
+        sim = _keyword_names(spec.simulate, 3)
+        params = inspect.signature(spec.simulate).parameters.values()
+        forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        if sim is None and not forwards:
+            allowed = None
+        elif forwards:  # simulate(**options) passes the rest to the model
+            own = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+            allowed = None if allowed is None else allowed | own
+        else:
+            allowed = sim
+    if allowed is None:
+        return
+    allowed -= set(_RESERVED_OPTIONS)
+    for key in options:
+        if key not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise ModelError(f"model {spec.name!r} has no option {key!r}; its options are: {known}")
+
+
+def _progress_enabled(args) -> bool:
+    if getattr(args, "progress", None) is not None:
+        return bool(args.progress)
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _location_error(result, truth, location_site):
+    """Location error of a result against a ``truth`` dict, or ``None`` if either lacks locations."""
+    if not isinstance(truth, dict) or location_site not in truth or location_site not in result.params:
+        return None
+    import torch
+
+    from .align import location_error
+
+    est = result.params[location_site].detach().double()
+    try:
+        true = torch.as_tensor(truth[location_site], dtype=torch.float64)
+    except (TypeError, ValueError):
+        return None
+    if true.dim() != 2 or true.shape[-1] != est.shape[-1]:
+        return None
+    return float(location_error(est, true))
+
+
+# --------------------------------------------------------------------------- commands
+def _cmd_simulate(args) -> int:
+    from .io import save_data
+    from .registry import load_model
+
+    spec = load_model(args.model)
+    if spec.simulate is None:
+        raise ModelError(f"model {spec.name!r} defines no simulate(num_objects, num_obs, seed, **options); "
+                         "it cannot simulate data")
+    if args.num_objects < 1:
+        raise DataError(f"--num-objects must be at least 1, got {args.num_objects}")
+    if args.num_obs < 1:
+        raise DataError(f"--num-obs must be at least 1, got {args.num_obs}")
+    if args.num_objects > args.num_obs:
+        raise DataError(f"--num-objects {args.num_objects} exceeds --num-obs {args.num_obs}; use K <= N")
+    options = _parse_options(args.option)
+    _check_options(spec, options, for_simulate=True)
+    obj = spec.simulate(args.num_objects, args.num_obs, args.seed, **options)
+    if not isinstance(obj, dict) or "observations" not in obj:
+        raise ModelError(f"model {spec.name!r}: simulate() must return a dict with 'observations'")
+    obj = dict(obj)
+    obj.setdefault("model", spec.name)
+    obj.setdefault("num_objects", int(args.num_objects))
+    obj.setdefault("seed", int(args.seed))
+    if options:
+        obj.setdefault("options", options)
+    save_data(args.out, obj)
+    _say(f"simulated {len(obj['observations'])} observations of {args.num_objects} objects "
+         f"(model {spec.name}, seed {args.seed}) -> {args.out}")
+    return EXIT_OK
+
+
+def _cmd_fit(args) -> int:
+    import torch
+
+    from .io import data_from_json, load_json, num_objects_from_json
+    from .registry import load_model
+
+    spec = load_model(args.model)
+    obj = load_json(args.data)
+    dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
+    data = data_from_json(obj, spec, dtype=dtype, source=args.data)
+    k = args.num_objects if args.num_objects is not None else num_objects_from_json(obj, args.data)
+    if k is None:
+        raise DataError(f"give --num-objects: {args.data!r} has no 'num_objects' field")
+    options = _parse_options(args.option)
+    _check_options(spec, options)
+    progress = _progress_enabled(args)
+    method = "svi-map" if args.method == "svi" else args.method
+    if method == "em":
+        from .em import fit_em
+
+        result = fit_em(spec, data, k, seed=args.seed, num_inits=args.num_inits, mstep=args.mstep,
+                        optimizer=args.optimizer, tol=args.tol, max_iter=args.max_iter,
+                        progress=progress, options=options)
+    elif method in ("svi-map", "svi-normal"):
+        from .svi import fit_svi
+
+        result = fit_svi(spec, data, k, guide="normal" if method == "svi-normal" else "delta",
+                         num_steps=args.num_steps, lr=args.lr, seed=args.seed, progress=progress,
+                         options=options)
+    else:
+        from .mcmc import fit_mcmc
+
+        result = fit_mcmc(spec, data, k, num_samples=args.num_samples, warmup_steps=args.warmup,
+                          num_chains=args.num_chains, seed=args.seed, max_tree_depth=args.max_tree_depth,
+                          jit_compile=args.jit,
+                          target_accept_prob=args.target_accept, progress=progress, options=options)
+    err = _location_error(result, obj.get("truth"), spec.location_site)
+    if err is not None:
+        result.info["location_error_vs_truth"] = err
+    if args.out:
+        result.to_json(args.out)
+    n = next((v.shape[0] for v in data.values() if hasattr(v, "shape") and len(v.shape) > 0), "?")
+    line = (f"{result.method} {result.model} K={k} N={n}: log_likelihood={result.log_likelihood:.6g} "
+            f"n_iter={result.n_iter} converged={result.converged} wall={result.wall_time_s:.2f}s")
+    if err is not None:
+        line += f" location_error={err:.4g}"
+    if args.out:
+        line += f" -> {args.out}"
+    _say(line)
+    return EXIT_OK
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.out, seed=args.seed, num_objects=args.num_objects, num_obs=args.num_obs,
+                       em_inits=args.num_inits, svi_steps=args.svi_steps, mcmc_samples=args.mcmc_samples,
+                       mcmc_warmup=args.mcmc_warmup, mcmc_chains=args.mcmc_chains,
+                       mcmc_max_tree_depth=args.mcmc_max_tree_depth,
+                       progress=_progress_enabled(args), log=lambda m: _say(m, file=sys.stderr))
+    _say(summary["table"])
+    _say(f"report: {summary['report']}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print the full traceback on errors")
+    model_opts = _Parser(add_help=False)
+    model_opts.add_argument("--model", default="baseline",
+                            help="built-in model name or path of a .py model file")
+    model_opts.add_argument("--option", "-O", action="append", metavar="KEY=VALUE",
+                            help="model keyword option, VALUE parsed as JSON when possible "
+                                 "(e.g. -O scale=0.5); repeatable")
+    progress = _Parser(add_help=False)
+    progress.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                          help="progress bars on stderr (default: on when stderr is a terminal)")
+
+    parser = _Parser(prog=PROG, formatter_class=_Formatter,
+                     description="Invert MetaGen-style perception models with EM, SVI and MCMC on Pyro.",
+                     epilog="examples:\n"
+                            "  metagen-ppl simulate --num-objects 4 --num-obs 600 --seed 0 --out data.json\n"
+                            "  metagen-ppl fit --method em --data data.json --out fit.json\n"
+                            "  metagen-ppl demo --out metagen-demo\n"
+                            "run 'metagen-ppl COMMAND --help' for the options of a command")
+    parser.add_argument("--debug", action="store_true", default=False, help="print the full traceback on errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("simulate", parents=[common, model_opts], formatter_class=_Formatter,
+                       help="draw a scene and observations from a model; write a data JSON file",
+                       description="Draw a ground-truth world and N observations from a model's "
+                                   "simulate() hook and write them (with the truth) as JSON.")
+    p.add_argument("--num-objects", "-K", type=int, required=True, help="number of objects K")
+    p.add_argument("--num-obs", "-N", type=int, required=True, help="number of observations N")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--out", "-o", required=True, help="output data file (JSON)")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("fit", parents=[common, model_opts, progress], formatter_class=_Formatter,
+                       help="fit a model to a data file with EM, SVI or MCMC; write a result JSON file",
+                       description="Fit a model to observations with EM (MAP-EM), SVI (AutoDelta MAP "
+                                   "or AutoNormal) or MCMC (NUTS, assignments enumerated out).")
+    p.add_argument("--method", "-m", choices=METHODS, default="em",
+                   help="inference method ('svi' is 'svi-map')")
+    p.add_argument("--data", "-d", required=True, help="data file (JSON exchange format)")
+    p.add_argument("--num-objects", "-K", type=int, default=None,
+                   help="number of objects K (default: the data file's num_objects)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--out", "-o", default=None, help="output result file (JSON); none if omitted")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="floating-point precision")
+    g = p.add_argument_group("EM options")
+    g.add_argument("--num-inits", type=int, default=3, help="EM restarts (best kept)")
+    g.add_argument("--max-iter", type=int, default=200, help="EM iteration limit")
+    g.add_argument("--tol", type=float, default=1e-6, help="EM relative tolerance on the log joint")
+    g.add_argument("--mstep", choices=("auto", "closed", "optimizer"), default="auto",
+                   help="M-step: the model's closed form where it has one, or the generic optimiser")
+    g.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs", help="optimiser of the generic M-step")
+    g = p.add_argument_group("SVI options")
+    g.add_argument("--num-steps", type=int, default=1000, help="SVI steps")
+    g.add_argument("--lr", type=float, default=0.05, help="SVI learning rate (Adam)")
+    g = p.add_argument_group("MCMC options")
+    g.add_argument("--num-samples", type=int, default=300, help="NUTS draws per chain")
+    g.add_argument("--warmup", type=int, default=200, help="NUTS warm-up steps per chain")
+    g.add_argument("--num-chains", type=int, default=2, help="NUTS chains (run one after another)")
+    g.add_argument("--max-tree-depth", type=int, default=8, help="NUTS maximum tree depth")
+    g.add_argument("--jit", action="store_true",
+                   help="JIT-compile NUTS's potential energy (2-3x faster; for models whose "
+                        "control flow does not depend on parameter values)")
+    g.add_argument("--target-accept", type=float, default=0.8, help="NUTS target acceptance probability")
+    p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("demo", parents=[common, progress], formatter_class=_Formatter,
+                       help="simulate a scene, fit it with EM, SVI and MCMC, write a report with plots",
+                       description="The built-in default job: simulate a baseline scene, fit it with "
+                                   "EM, SVI-MAP and MCMC, and write DIR/report.md with a comparison "
+                                   "table and PNG plots (scene.png, traces.png, mcmc_trace.png).")
+    p.add_argument("--out", "-o", default="metagen-demo", help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    g = p.add_argument_group("budget (smaller is faster)")
+    g.add_argument("--num-objects", "-K", type=int, default=4, help="objects in the scene")
+    g.add_argument("--num-obs", "-N", type=int, default=600, help="observations")
+    g.add_argument("--num-inits", type=int, default=3, help="EM restarts")
+    g.add_argument("--svi-steps", type=int, default=500, help="SVI steps")
+    g.add_argument("--mcmc-samples", type=int, default=150, help="NUTS draws per chain")
+    g.add_argument("--mcmc-warmup", type=int, default=150, help="NUTS warm-up steps per chain")
+    g.add_argument("--mcmc-chains", type=int, default=2, help="NUTS chains")
+    g.add_argument("--mcmc-max-tree-depth", type=int, default=8, help="NUTS maximum tree depth")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _version():
+    try:
+        from . import __version__
+
+        return __version__
+    except Exception:  # pragma: no cover - a broken install still gets --help
+        return "unknown"
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+# --------------------------------------------------------------------------- entry point
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 bad input, 1 internal error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        _say(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as e:  # --help / --version
+        return e.code if isinstance(e.code, int) else EXIT_OK
+    debug = debug or getattr(args, "debug", False)
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        _say(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = showwarning
+        try:
+            return int(args.func(args) or EXIT_OK)
+        except (MetagenError, OSError) as e:
+            if debug:
+                traceback.print_exc()
+            if isinstance(e, OSError) and not isinstance(e, MetagenError):
+                where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+                msg = f"cannot access{where}: {e.strerror or e}"
+            else:
+                msg = str(e)
+            _say(f"{PROG}: error: {_one_line(msg)}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            _say(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:  # a bug (ours or in a user's model file)
+            if debug:
+                traceback.print_exc()
+            hint = "" if debug else " (run with --debug for the traceback)"
+            _say(f"{PROG}: internal error: {type(e).__name__}: {_one_line(e)}{hint}", file=sys.stderr)
+            return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Reading and writing the JSON exchange format, atomically and with clear errors.
+
+Data file (written by ``metagen-ppl simulate``, read by ``metagen-ppl fit``)::
+
+    {
+      "observations": [[x, y, z], ...],      # required: N rows of equal length
+      "categories":   [int, ...],            # optional: observed category o_n >= 0
+      "num_objects":  K,                      # optional: default K for `fit`
+      "model":        "baseline",             # optional, informative
+      "truth":        {"locs": [[x, y, z], ...], ...}   # optional ground truth
+    }
+
+:func:`data_from_json` turns such an object into a model's ``data`` dict
+(``{"x": (N, 3) tensor, "o": (N,) long tensor}``); a model module may replace
+that conversion with its own ``data_from_json(obj, dtype)`` hook (see
+:mod:`metagen_ppl.registry`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .errors import DataError, MetagenError
+
+__all__ = ["atomic_write_text", "atomic_write_json", "load_json", "data_from_json", "save_data",
+           "to_jsonable"]
+
+
+# --------------------------------------------------------------------------- writing
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically.
+
+    The text goes to a temporary file in the same directory, which then
+    replaces ``path`` with :func:`os.replace`; a reader never sees a half
+    written file, and an interrupted write leaves the old file intact.
+    Missing parent directories are created.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def to_jsonable(obj):
+    """Tensors and arrays to nested lists, numpy scalars to Python numbers, NaN/inf to ``None``."""
+    if torch.is_tensor(obj):
+        return to_jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def atomic_write_json(path, obj, indent: Optional[int] = 1) -> None:
+    """Serialise ``obj`` (tensors allowed, see :func:`to_jsonable`) and write it atomically."""
+    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=indent) + "\n")
+
+
+def save_data(path, obj) -> None:
+    """Write a data set in the exchange format (e.g. the output of a model's ``simulate``)."""
+    if not isinstance(obj, dict) or "observations" not in obj:
+        raise DataError("a data set must be a dict with an 'observations' list")
+    atomic_write_json(path, obj)
+
+
+# --------------------------------------------------------------------------- reading
+def load_json(path):
+    """Parse a JSON file; :class:`DataError` naming the file (and line/column) if it cannot be read."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise DataError(f"file {path!r} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"{path!r} is a directory, not a JSON file") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"file {path!r} is not UTF-8 text (byte {e.start}); expected JSON") from None
+    except OSError as e:
+        raise DataError(f"cannot read file {path!r}: {e.strerror or e}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"file {path!r} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise DataError(f"file {path!r} is nested too deeply to parse") from None
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_observations(obs, source: str, dim: Optional[int]) -> list:
+    if not isinstance(obs, list) or not obs:
+        what = "an empty list" if isinstance(obs, list) else type(obs).__name__
+        raise DataError(f"{source}: 'observations' must be a non-empty list of [x, y, z] rows, got {what}")
+    width = None
+    for i, row in enumerate(obs):
+        if not isinstance(row, list) or not row:
+            raise DataError(f"{source}: observation row {i} must be a non-empty list of numbers, got {row!r:.60}")
+        if width is None:
+            width = len(row)
+            if dim is not None and width != dim:
+                raise DataError(f"{source}: observation rows must have {dim} coordinates, "
+                                f"row 0 has {width}")
+        elif len(row) != width:
+            raise DataError(f"{source}: observation row {i} has {len(row)} coordinates, "
+                            f"row 0 has {width}; all rows must have the same length")
+        for j, v in enumerate(row):
+            if not _is_number(v):
+                raise DataError(f"{source}: observation row {i} column {j} is not a number: {v!r:.40}")
+            if not math.isfinite(v):
+                raise DataError(f"{source}: observation row {i} contains {v} (column {j}); "
+                                "values must be finite: remove or impute that row")
+    return obs
+
+
+def _check_categories(cats, n: int, source: str) -> list:
+    if not isinstance(cats, list):
+        raise DataError(f"{source}: 'categories' must be a list of integers, got {type(cats).__name__}")
+    if len(cats) != n:
+        raise DataError(f"{source}: 'categories' has {len(cats)} entries but there are {n} observations; "
+                        "give one category per observation")
+    for i, c in enumerate(cats):
+        if isinstance(c, bool) or not isinstance(c, int):
+            raise DataError(f"{source}: category {i} must be a non-negative integer, got {c!r:.40}")
+        if c < 0:
+            raise DataError(f"{source}: category {i} is {c}; categories must be non-negative integers")
+    return cats
+
+
+def data_from_json(obj, spec=None, dtype=torch.float64, source: str = "<data>", dim: Optional[int] = 3) -> dict:
+    """Convert a parsed data file to a model's ``data`` dict.
+
+    Parameters
+    ----------
+    obj : dict
+        Parsed JSON in the exchange format (see the module docstring).
+    spec : ModelSpec, optional
+        If it has a ``data_from_json`` hook, that hook does the conversion.
+    dtype : torch.dtype
+        Floating-point precision of ``x``.
+    source : str
+        Name used in error messages (usually the file path).
+    dim : int or None
+        Required number of coordinates per observation (3 for the point
+        models); ``None`` accepts any, as long as all rows agree.
+
+    Returns
+    -------
+    dict
+        ``{"x": (N, D) tensor of dtype}``, plus ``"o": (N,) long tensor`` when
+        the file has ``categories``.
+
+    Raises
+    ------
+    DataError
+        On a missing field, ragged or non-numeric rows, NaN/inf (naming the
+        row), or categories of the wrong length or sign.
+    """
+    if not isinstance(obj, dict):
+        raise DataError(f"{source}: a data file must hold a JSON object with an 'observations' list, "
+                        f"got {type(obj).__name__}")
+    hook = getattr(spec, "data_from_json", None) if spec is not None else None
+    if hook is not None:
+        try:
+            data = hook(obj, dtype)
+        except MetagenError as e:
+            raise DataError(f"{source}: {e}") from e
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise DataError(f"{source}: model {spec.name!r} could not read this data file: "
+                            f"{type(e).__name__}: {e}") from e
+        if not isinstance(data, dict):
+            raise DataError(f"{source}: model {spec.name!r}'s data_from_json returned "
+                            f"{type(data).__name__}, not a dict of tensors")
+        return data
+    if "observations" not in obj:
+        raise DataError(f"{source}: no 'observations' field; a data file looks like "
+                        '{"observations": [[x, y, z], ...]}')
+    obs = _check_observations(obj["observations"], source, dim)
+    data = {"x": torch.tensor(obs, dtype=dtype)}
+    cats = obj.get("categories")
+    if cats is not None:
+        data["o"] = torch.tensor(_check_categories(cats, len(obs), source), dtype=torch.long)
+    return data
+
+
+def num_objects_from_json(obj, source: str = "<data>") -> Optional[int]:
+    """The file's ``num_objects`` (validated), or ``None`` if absent."""
+    if not isinstance(obj, dict) or obj.get("num_objects") is None:
+        return None
+    k = obj["num_objects"]
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise DataError(f"{source}: 'num_objects' must be an integer, got {k!r:.40}")
+    return k
