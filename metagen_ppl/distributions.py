@@ -63,11 +63,13 @@ class IsotropicNormal(TorchDistribution):
             # plus a broadcast sum, (..., 1, D) @ (D, N) -> (..., N)
             m = loc.squeeze(-2)
             coef = -0.5 / var
-            base = (coef * (m * m).sum(-1, keepdim=True) + const) + coef * (value * value).sum(-1)
+            x2 = value.square() @ value.new_ones(d)  # |x_n|^2, (N,): a matvec beats sum(-1)
+            row = coef * (m * m).sum(-1, keepdim=True) + const  # (..., 1)
             if m.dim() == 2:
-                out = torch.addmm(base, m / var, value.T)
+                # one (K, N) buffer: the product, then the |x|^2 row added in place
+                out = torch.addmm(row, m / var, value.T).add_(coef * x2)
             else:
-                out = base + (m / var) @ value.T
+                out = (row + (m / var) @ value.T).add_(coef * x2)
         else:
             diff = value - loc
             out = -0.5 * (diff * diff).sum(-1) / var + const

@@ -90,7 +90,7 @@ def optimizer_mstep(em: EnumeratedModel, values: dict, est: EStep, names, *,
     params = list(free.values())
     if optimizer == "lbfgs":
         opt = torch.optim.LBFGS(params, lr=lr or 1.0, max_iter=steps, line_search_fn="strong_wolfe",
-                                tolerance_grad=1e-12, tolerance_change=1e-14, history_size=20)
+                                tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20)
 
         def closure():
             opt.zero_grad()

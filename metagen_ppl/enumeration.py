@@ -34,6 +34,7 @@ from pyro.infer import config_enumerate
 from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import prune_subsample_sites
+from pyro.distributions.util import scale_and_mask
 
 from .errors import ModelError
 
@@ -74,6 +75,16 @@ class EStep:
     log_prior: float
     marginals: dict
     weights: dict
+
+
+def _compute_log_prob(tr):
+    """``Trace.compute_log_prob`` without its per-site ``log_prob_sum`` (a wasted
+    pass over every (K, N) tensor; nothing here reads it)."""
+    for site in tr.nodes.values():
+        if site["type"] == "sample" and "log_prob" not in site:
+            log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+            site["unscaled_log_prob"] = log_p
+            site["log_prob"] = scale_and_mask(log_p, site["scale"], site["mask"])
 
 
 def _ordinal(trace, site):
@@ -171,7 +182,7 @@ class EnumeratedModel:
             # supports on every E-step and Q evaluation
             with pyro.validation_enabled(False):
                 tr = prune_subsample_sites(poutine.trace(model).get_trace(*args, **kwargs))
-                tr.compute_log_prob()
+                _compute_log_prob(tr)
             if pack:
                 tr.pack_tensors()
         except ModelError:
@@ -277,14 +288,28 @@ class EnumeratedModel:
         enum_dim = tr.symbol_to_dim[next(iter(sum_dims))]
         dense = [tr.nodes[name]["log_prob"] for name in factors]
         shape = torch.broadcast_shapes(*(d.shape for d in dense))
-        total = dense[0].expand(shape)
-        for d in dense[1:]:
-            total = total + d
-        lse = total.logsumexp(enum_dim, keepdim=True)
-        log_z = lse.sum()
+        # At large N the cost is in allocating (and page-faulting) (K, N) buffers,
+        # not in arithmetic: accumulate into one buffer and work in place. The
+        # trace is private to this call, so a full-shape log-prob tensor it made
+        # may serve as that buffer.
+        own = [i for i, d in enumerate(dense)
+               if d.shape == shape and d.is_contiguous() and d._base is None and not d.requires_grad]
+        if own:
+            total = dense[own[0]]
+            rest = [d for i, d in enumerate(dense) if i != own[0]]
+        else:
+            total = dense[0].expand(shape).clone()
+            rest = dense[1:]
+        for d in rest:
+            total.add_(d)
+        m = total.amax(enum_dim, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        total.sub_(m).exp_()  # total = exp(f - max)
+        norm = total.sum(enum_dim, keepdim=True)
+        log_z = (norm.log() + m).sum()
         weights = OrderedDict()
         if need_weights:
-            post = (total - lse).exp()
+            post = total.div_(norm)
             for name in factors:
                 weights[name] = post
         return log_z, weights
