@@ -320,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mcmc-chains", type=int, default=2, help="NUTS chains")
     g.add_argument("--mcmc-max-tree-depth", type=int, default=8, help="NUTS maximum tree depth")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("metacognition", add_help=False,
+                       help="model M3 over many scenes: simulate scenes, or learn the detector's "
+                            "hallucination and detection rates V across scenes (fit --data FILE "
+                            "--mode learn|fixed|lesioned); 'metagen-ppl metacognition --help'")
+    p.add_argument("args", nargs=argparse.REMAINDER)  # listed for --help; main() delegates it
     return parser
 
 
@@ -340,6 +346,10 @@ def _one_line(text) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 bad input, 1 internal error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "metacognition":  # its own parser takes every option after it
+        from .metacognition import main as metacognition_main
+
+        return metacognition_main(argv[1:], prog=f"{PROG} metacognition")
     debug = "--debug" in argv
     parser = build_parser()
     try:
