@@ -186,7 +186,9 @@ def _cmd_fit(args) -> int:
     _check_options(spec, options)
     progress = _progress_enabled(args)
     method = "svi-map" if args.method == "svi" else args.method
-    if method == "em":
+    if args.categories is not None or spec.name == "categorical":
+        result = _fit_categorical(args, spec, data, k, method, progress, options)
+    elif method == "em":
         from .em import fit_em
 
         result = fit_em(spec, data, k, seed=args.seed, num_inits=args.num_inits, mstep=args.mstep,
@@ -219,6 +221,26 @@ def _cmd_fit(args) -> int:
         line += f" -> {args.out}"
     _say(line)
     return EXIT_OK
+
+
+def _fit_categorical(args, spec, data, k, method, progress, options):
+    """Model M2 (or a variant with per-object category sites): the three EM category strategies."""
+    from . import categories
+
+    if method == "em":
+        return categories.fit_categorical(
+            data, k, strategy=args.categories or "mstep", model=spec,
+            num_category_samples=args.num_category_samples, proposal=args.proposal, seed=args.seed,
+            num_inits=args.num_inits, mstep=args.mstep, optimizer=args.optimizer, tol=args.tol,
+            max_iter=args.max_iter, progress=progress, options=options)
+    if method in ("svi-map", "svi-normal"):
+        return categories.fit_categorical_svi(
+            data, k, model=spec, guide="normal" if method == "svi-normal" else "delta",
+            num_steps=args.num_steps, lr=args.lr, seed=args.seed, progress=progress, options=options)
+    return categories.fit_categorical_mcmc(
+        data, k, model=spec, num_samples=args.num_samples, warmup_steps=args.warmup,
+        num_chains=args.num_chains, seed=args.seed, max_tree_depth=args.max_tree_depth,
+        jit_compile=args.jit, target_accept_prob=args.target_accept, progress=progress, options=options)
 
 
 def _cmd_demo(args) -> int:
@@ -297,6 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup", type=int, default=200, help="NUTS warm-up steps per chain")
     g.add_argument("--num-chains", type=int, default=2, help="NUTS chains (run one after another)")
     g.add_argument("--max-tree-depth", type=int, default=8, help="NUTS maximum tree depth")
+    g = p.add_argument_group("categories (model categorical, or any model with per-object category sites)")
+    g.add_argument("--categories", choices=("sample", "enumerate", "mstep"), default=None,
+                   help="EM strategy for the object categories: sampled-category conditioning, exact "
+                        "enumeration with the assignments, or the closed-form discrete M-step "
+                        "(default for the categorical model: mstep)")
+    g.add_argument("--num-category-samples", type=int, default=32,
+                   help="category vectors drawn by --categories sample")
+    g.add_argument("--proposal", choices=("prior", "data"), default="data",
+                   help="where --categories sample draws category vectors from")
+    g = p.add_argument_group("MCMC (JIT)")
     g.add_argument("--jit", action="store_true",
                    help="JIT-compile NUTS's potential energy (2-3x faster; for models whose "
                         "control flow does not depend on parameter values)")

@@ -16,6 +16,7 @@ posteriors come from a final E-step at the returned parameters.
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from typing import Optional
@@ -121,6 +122,8 @@ def optimizer_mstep(em: EnumeratedModel, values: dict, est: EStep, names, *,
 def _single_run(spec, em, init, *, mstep, optimizer, optimizer_steps, tol, max_iter, pbar):
     values = dict(init)
     closed = spec.closed_form_mstep if mstep in ("auto", "closed") else None
+    # a closed form that needs joint factor marginals may take the whole E-step
+    accepts_estep = closed is not None and "estep" in inspect.signature(closed).parameters
     est = em.estep(values)
     trace = [est.log_joint]
     q_trace = []
@@ -129,7 +132,8 @@ def _single_run(spec, em, init, *, mstep, optimizer, optimizer_steps, tol, max_i
     for it in range(1, max_iter + 1):
         rest = list(em.latents)
         if closed is not None:
-            upd = closed(em.data, est.marginals, values, em.num_objects, **em.options)
+            extra = {"estep": est} if accepts_estep else {}
+            upd = closed(em.data, est.marginals, values, em.num_objects, **extra, **em.options)
             values = dict(values)
             values.update({k: v.detach() for k, v in upd.items() if k in em.latents})
             rest = [n for n in em.latents if n not in upd]
@@ -220,7 +224,7 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
     if not converged:
         warnings.warn(f"EM stopped at max_iter={max_iter} before reaching tol={tol}; "
                       "raise max_iter or loosen tol", RuntimeWarning, stacklevel=2)
-    obs = em.observed_sites[0] if em.observed_sites else None
+    obs = em.data_site
     pointwise = em.pointwise_log_likelihood(values, obs) if obs else None
     return FitResult(
         model=spec.name, method="em", params=values,

@@ -36,7 +36,7 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import prune_subsample_sites
 from pyro.distributions.util import scale_and_mask
 
-from .errors import ModelError
+from .errors import MetagenError, ModelError
 
 
 @dataclass
@@ -123,13 +123,15 @@ class EnumeratedModel:
         try:
             with torch.no_grad():
                 tr = prune_subsample_sites(poutine.trace(self.raw_model).get_trace(*args, **kwargs))
-        except ModelError:
+        except MetagenError:
             raise
         except Exception as e:
             raise ModelError(f"the model failed to run on this data: {type(e).__name__}: {e}") from e
         self.latents: "OrderedDict[str, LatentSite]" = OrderedDict()
         self.enum_sites: list[str] = []
         self.observed_sites: list[str] = []
+        #: the first observed site inside a plate: the one whose pointwise log likelihood is reported
+        self.data_site: Optional[str] = None
         self.max_plate_nesting = 0
         self.prior_values: dict = {}
         for name, site in tr.nodes.items():
@@ -143,6 +145,8 @@ class EnumeratedModel:
             self.max_plate_nesting = max(self.max_plate_nesting, nesting)
             if site["is_observed"]:
                 self.observed_sites.append(name)
+                if nesting and self.data_site is None:
+                    self.data_site = name
                 continue
             fn = site["fn"]
             if fn.support.is_discrete:
@@ -185,7 +189,7 @@ class EnumeratedModel:
                 _compute_log_prob(tr)
             if pack:
                 tr.pack_tensors()
-        except ModelError:
+        except MetagenError:
             raise
         except Exception as e:
             raise ModelError(f"Pyro could not enumerate this model: {type(e).__name__}: {e}") from e

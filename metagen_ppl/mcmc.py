@@ -85,7 +85,7 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
     params = {k: v.mean(dim=(0, 1)) for k, v in samples.items()}
     est = em.estep(params)
     # Per-draw log joint and pointwise log likelihood; assignment posteriors averaged over a subset.
-    obs = em.observed_sites[0] if em.observed_sites else None
+    obs = em.data_site
     total = num_chains * num_samples
     stride = max(1, total // max(1, max_assignment_draws))
     log_joint_draws = torch.empty(num_chains, num_samples, dtype=torch.float64)

@@ -16,7 +16,9 @@ and optionally
 ``initialize(data, num_objects, generator, **options) -> dict``
     starting values of the continuous unknowns (one restart);
 ``closed_form_mstep(data, marginals, params, num_objects, **options) -> dict``
-    the fast-path M-step: new values of the sites it knows in closed form;
+    the fast-path M-step: new values of the sites it knows in closed form
+    (``marginals``: each enumerated site's posterior; a hook with an ``estep``
+    parameter also receives the whole :class:`~metagen_ppl.enumeration.EStep`);
 ``data_from_json(obj, dtype) -> dict``
     converts a parsed JSON data file to the model's ``data`` dict;
 ``COMPONENT_SITES``

@@ -113,7 +113,7 @@ def fit_svi(model, data: dict, num_objects: int, *, guide: str = "delta", num_st
                 draws = [auto() for _ in range(num_posterior_samples)]
                 samples = {k: torch.stack([d[k].detach() for d in draws])[None] for k in em.sample_latents}
     est = em.estep(params)
-    obs = em.observed_sites[0] if em.observed_sites else None
+    obs = em.data_site
     pointwise = None
     if obs is not None:
         if samples is not None:
