@@ -256,6 +256,26 @@ def _cmd_demo(args) -> int:
     return EXIT_OK
 
 
+def _run_comparison(script: str, argv) -> int:
+    """Run a script of the source tree's comparisons/ folder with ``argv``."""
+    import runpy
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "comparisons" / script
+    if not path.is_file():
+        _say(f"{PROG}: error: {path} not found; comparisons run from a source checkout "
+             "(pip install -e .)", file=sys.stderr)
+        return EXIT_USAGE
+    old_argv = sys.argv
+    sys.argv = [f"{PROG} compare-{path.stem}", *argv]
+    try:
+        return int(runpy.run_path(str(path), run_name="metagen_comparison")["main"]() or 0)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_OK
+    finally:
+        sys.argv = old_argv
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
@@ -358,6 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "hallucination and detection rates V across scenes (fit --data FILE "
                             "--mode learn|fixed|lesioned); 'metagen-ppl metacognition --help'")
     p.add_argument("args", nargs=argparse.REMAINDER)  # listed for --help; main() delegates it
+    from .evaluate import add_evaluate_parser
+
+    add_evaluate_parser(sub)
+    p = sub.add_parser("compare-categories", add_help=False,
+                       help="model M2: compare the three EM category strategies, SVI-MAP and MCMC "
+                            "on simulated scenes (comparisons/categories.py); "
+                            "'metagen-ppl compare-categories --help'")
+    p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -381,7 +409,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv and argv[0] == "metacognition":  # its own parser takes every option after it
         from .metacognition import main as metacognition_main
 
-        return metacognition_main(argv[1:], prog=f"{PROG} metacognition")
+        try:
+            return metacognition_main(argv[1:], prog=f"{PROG} metacognition")
+        except SystemExit as e:  # --help, or argparse's usage error (exit 2)
+            return e.code if isinstance(e.code, int) else EXIT_OK
+    if argv and argv[0] == "compare-categories":
+        return _run_comparison("categories.py", argv[1:])
     debug = "--debug" in argv
     parser = build_parser()
     try:

@@ -260,3 +260,35 @@ def test_readme_model_variant_runs(data_file, tmp_path, capsys):
     # the variant has no simulate(): a one-line error
     code, out, err = run(capsys, "simulate", "--model", variant, "-K", 1, "-N", 5, "--out", tmp_path / "d.json")
     assert_one_line_error(code, err, "no simulate")
+
+
+def test_delegated_commands_help_and_errors(capsys, tmp_path):
+    """metacognition and compare-categories hand every option to their own parsers."""
+    from metagen_ppl.cli import main
+
+    assert main(["metacognition", "--help"]) == 0
+    assert "simulate" in capsys.readouterr().out
+    assert main(["compare-categories", "--help"]) == 0
+    assert "--quick" in capsys.readouterr().out
+    missing = tmp_path / "missing.json"
+    assert main(["metacognition", "fit", "--data", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.json" in err[0]
+
+
+def test_fit_categorical_strategies_from_cli(tmp_path):
+    """fit --model categorical --categories S runs each strategy and reports per-object categories."""
+    import json
+
+    from metagen_ppl.cli import main
+
+    data = tmp_path / "cat.json"
+    assert main(["simulate", "--model", "categorical", "--num-objects", "2", "--num-obs", "120",
+                 "--seed", "3", "--out", str(data)]) == 0
+    truth = json.loads(data.read_text())["truth"]["cats"]
+    for strategy in ("sample", "enumerate", "mstep"):
+        out = tmp_path / f"{strategy}.json"
+        assert main(["fit", "--model", "categorical", "--method", "em", "--categories", strategy,
+                     "--data", str(data), "--out", str(out)]) == 0
+        cats = json.loads(out.read_text())["params"]["cats"]
+        assert sorted(cats) == sorted(truth)  # an easy scene: every strategy finds the categories

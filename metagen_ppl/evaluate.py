@@ -1,0 +1,645 @@
+"""``metagen-ppl evaluate``: fit the projective detector model to real detector output and score it.
+
+:func:`evaluate` reads a MetaGen detection file (``../shared/data/metagen2021/``
+or the same format), fits :mod:`models.projective` to all videos at once --
+the metacognition ``V = (r, h)``, the pixel noise, the score-mark histograms
+and the camera's field of view are shared by the videos and learned across
+them; each video's objects (count, categories, 3D positions) are inferred by
+the model's own model selection -- and writes to ``out_dir``:
+
+``world_states.json``
+    a list in file order, one entry per video:
+    ``{"path": <the video's path>, "objects": [{"category_name": "chair"|"plant"|"tv"|"umbrella"|"bowl",
+    "position": [x, y, z]}, ...]}``;
+``metacognition.json``
+    the learned V, ``sigma_px``, marks and field of view (``learned``), the same
+    computed from the ground truth (``ground_truth``: EM with the objects fixed
+    at their true positions), the lesioned model's, and a side-by-side table
+    ``V_table`` (per category: r and h learned vs from the ground truth);
+``metrics.json``
+    per split (``A`` = videos 1-50, ``B`` = 51-100) and ``all``: the frame
+    category Jaccard of our method, the detector alone (top 5), the detector
+    with a score threshold fitted on split A, and the lesioned model (r, h and
+    the score marks at their prior means; ``sigma_px`` and the field of view are
+    still learned: they describe the localisation noise and the camera, not the
+    metacognition); the box similarity likewise when the data has
+    ``labels2D``; per-video scores; timings (``fit_and_score_s``: fitting and
+    scoring our method; ``wall_time_s``: the whole command);
+``plots/video_<path>.png``
+    for ``plots`` selected videos: every frame with its detections (coloured by
+    category, size by score, hollow when the fit calls them hallucinations),
+    the true objects (circles) and the inferred objects (crosses) projected.
+
+Methods (``method``)
+--------------------
+``em`` (default)
+    :func:`models.projective.fit_videos`: batched structure search (births from
+    triangulated detections, EM, deaths), one traced model for all videos.
+``svi``
+    SVI-MAP (``TraceEnum_ELBO`` + ``AutoDelta``, :func:`metagen_ppl.svi.fit_svi`)
+    on the same Pyro model for all continuous sites (locations, V, ``sigma_px``,
+    marks), given the model-selection structure (object count and categories
+    per video) found by EM -- SVI has no birth/death moves. It starts from the
+    locations where EM's births proposed the objects and V at its prior mean;
+    the field of view is EM's.
+``mcmc``
+    NUTS over the object locations of a few videos (``mcmc_videos``; the
+    assignments summed out exactly, structure and V from EM); the posterior
+    mean is the world state of those videos, EM's elsewhere; the metrics of
+    ``mcmc`` are reported on those videos only, next to EM's on the same videos.
+
+``learn_on``: ``"all"`` learns V on every video (no ground truth is used);
+``"train"`` learns V (with ``sigma_px``, the marks and the field of view) on
+videos 1-50 only and keeps it fixed for videos 51-100.
+
+Speed: one batched fit of all videos; on the shared data (100 videos x 20
+frames, 2 cores) EM fits and scores one detector's file in about 4-8 s.
+The run uses one torch thread by default (``num_threads``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import DataError, MetagenError
+from .metagen_data import CATEGORIES, SPLIT_A_SIZE, batch_videos, load_videos
+
+__all__ = ["evaluate", "add_evaluate_parser", "run_evaluate", "METHODS", "LEARN_ON"]
+
+METHODS = ("em", "svi", "mcmc")
+LEARN_ON = ("all", "train")
+
+
+def _pm():
+    from models import projective
+
+    return projective
+
+
+def _bar(total, desc, enabled, unit="video"):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- fitting
+def _fit(P, data, mode, progress, desc, params=None, truth=None, **kw):
+    bar = _bar(data["cams"].shape[0], desc, progress)
+    state = {"n": 0}
+
+    def cb(n, info):
+        if bar is not None:
+            bar.update(max(0, n - state["n"]))
+            state["n"] = max(state["n"], n)
+            bar.set_postfix(round=info["round"], objects=info["objects"])
+
+    try:
+        fit = P.fit_videos(data, mode=mode, params=params, truth=truth, progress=cb, **kw)
+    finally:
+        if bar is not None:
+            bar.update(bar.total - state["n"])
+            bar.close()
+    return fit
+
+
+def _world_objects(cats, locs, active) -> list:
+    """Per video ``[(category index, [x, y, z]), ...]`` from (V, K) structure tensors."""
+    out = []
+    for v in range(active.shape[0]):
+        ks = active[v].nonzero().reshape(-1).tolist()
+        out.append([(int(cats[v, k]), [float(x) for x in locs[v, k]]) for k in ks])
+    return out
+
+
+def _V_params(values: dict) -> dict:
+    keys = ("rates", "hallucination", "pixel_scale", "mark_real", "mark_hall", "half_fov")
+    return {k: values[k].detach().clone() for k in keys if k in values}
+
+
+def _meta_json(P, values: dict) -> dict:
+    out = P.params_to_json(values)
+    out["field_of_view_deg"] = math.degrees(2 * float(values["half_fov"]))
+    return out
+
+
+def _fit_em(P, data, videos, learn_on, progress, kw):
+    """EM fit(s): returns (objects per video, learned params, info, resp per video or None)."""
+    V = data["cams"].shape[0]
+    idx_a = [i for i, v in enumerate(videos) if v.index < SPLIT_A_SIZE]
+    idx_b = [i for i, v in enumerate(videos) if v.index >= SPLIT_A_SIZE]
+    if learn_on == "all" or not idx_b:
+        if learn_on == "train" and not idx_a:
+            raise DataError("--learn-on train needs videos 1-50 (split A) to learn V on")
+        fit = _fit(P, data, "learn", progress, "EM fit (V learned on all videos)", **kw)
+        res = fit.result()
+        objs = fit.objects()
+        info = {"fits": [_fit_info(fit)]}
+        return objs, _V_params(fit.values), info, [fit], [list(range(V))], res["resp"]
+    if not idx_a:
+        raise DataError("--learn-on train needs videos 1-50 (split A) to learn V on")
+    P_ = P
+    fit_a = _fit(P_, P_.select_videos(data, idx_a), "learn", progress, "EM fit, split A (V learned)", **kw)
+    params = _V_params(fit_a.values)
+    fit_b = _fit(P_, P_.select_videos(data, idx_b), "fixed", progress, "EM fit, split B (V fixed)", params=params,
+                 **kw)
+    objs = [None] * V
+    for fit, idx in ((fit_a, idx_a), (fit_b, idx_b)):
+        for i, o in zip(idx, fit.objects()):
+            objs[i] = o
+    info = {"fits": [_fit_info(fit_a), _fit_info(fit_b)]}
+    return objs, params, info, [fit_a, fit_b], [idx_a, idx_b], None
+
+
+def _fit_info(fit) -> dict:
+    return {"mode": fit.mode, "num_videos": fit.V, "num_objects": int(fit.active.sum()), "rounds": fit.n_rounds,
+            "em_iterations": fit.n_iter, "births": fit.births, "deaths": fit.deaths, "converged": fit.converged,
+            "field_of_view_deg": math.degrees(2 * float(fit.values["half_fov"])),
+            "trace": fit.trace}
+
+
+def _fit_svi(P, data, fits, index_sets, V, seed, steps, lr, progress):
+    """SVI-MAP on the same model, structure from EM (see the module docstring)."""
+    from .svi import fit_svi
+
+    objs = [None] * V
+    infos = []
+    for fit, idx in zip(fits, index_sets):
+        sub = P.select_videos(data, idx)
+        cats, active, _, birth = P.compact_structure(fit)
+        K = cats.shape[1]
+        opts = {"cats": cats, "active": active, "half_fov": float(fit.values["half_fov"])}
+        init = dict(P.prior_params(dtype=sub["centers"].dtype))
+        if fit.mode == "fixed":
+            opts.update({k: fit.values[k] for k in ("rates", "hallucination", "pixel_scale", "mark_real",
+                                                    "mark_hall")})
+            init = {}
+        init["locs"] = birth
+        t0 = time.perf_counter()
+        res = fit_svi(P, sub, K, guide="delta", num_steps=steps, lr=lr, seed=seed, init=init, options=opts,
+                      progress=progress)
+        locs = res.params["locs"]
+        for j, o in zip(idx, _world_objects(cats, locs, active)):
+            objs[j] = o
+        em_values = {k: v for k, v in fit.values.items() if k in res.params}
+        em_values["locs"] = P.compact_structure(fit)[2]
+        from .enumeration import EnumeratedModel
+
+        em_lj = EnumeratedModel(P.model, sub, K, opts).estep(em_values, need_weights=False).log_joint
+        infos.append({"num_videos": len(idx), "steps": steps, "lr": lr, "final_elbo": res.trace[-1],
+                      "log_joint": res.log_joint, "em_log_joint_same_structure": em_lj,
+                      "converged": res.converged, "wall_time_s": time.perf_counter() - t0,
+                      "V": {k: res.params[k].tolist() for k in ("rates", "hallucination", "pixel_scale")
+                            if k in res.params}})
+    return objs, infos
+
+
+def _fit_mcmc(P, data, fits, index_sets, objs_em, chosen, seed, samples, warmup, progress):
+    objs = [list(o) for o in objs_em]
+    where = {}
+    for f, idx in zip(fits, index_sets):
+        for pos, j in enumerate(idx):
+            where[j] = (f, pos)
+    infos = []
+    bar = _bar(len(chosen), "MCMC (NUTS)", progress)
+    for j in chosen:
+        fit, pos = where[j]
+        sub = P.select_videos(data, [j])
+        values = dict(fit.values)
+        values["locs"] = fit.values["locs"][pos:pos + 1]
+        r = P.nuts_locations(sub, values, fit.cats[pos:pos + 1], fit.active[pos:pos + 1], num_samples=samples,
+                             warmup_steps=warmup, seed=seed + j)
+        ks = fit.active[pos].nonzero().reshape(-1).tolist()
+        objs[j] = [(int(fit.cats[pos, k]), [float(x) for x in r["mean"][i]]) for i, k in enumerate(ks)]
+        sd = r["samples"].std(0) if r["samples"].shape[0] > 1 else torch.zeros_like(r["mean"])
+        infos.append({"video": j, "num_objects": len(ks), "divergences": r["divergences"],
+                      "accept_prob": r["accept_prob"], "posterior_sd": sd.tolist(),
+                      "wall_time_s": r["wall_time_s"]})
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return objs, infos
+
+
+# --------------------------------------------------------------------------- scoring
+def _score_objects(videos, objs, metric, progress=False, desc="scoring") -> np.ndarray:
+    from .metrics import world_state_frame_scores
+
+    out = np.empty(len(videos))
+    bar = _bar(len(videos), desc, progress)
+    for i, (v, o) in enumerate(zip(videos, objs)):
+        cats = [c for c, _ in o]
+        pos = torch.tensor([p for _, p in o], dtype=v.cams.dtype).reshape(-1, 3)
+        out[i] = world_state_frame_scores(v, cats, pos, metric).mean()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def _splits(scores, videos) -> dict:
+    from .metrics import split_means
+
+    return split_means(scores, [v.index for v in videos])
+
+
+def _regroup(per_method: dict) -> dict:
+    """``{method: {"A", "B", "all", "n_*"}}`` -> ``{"A": {method: value}, ..., "n_videos": {...}}``."""
+    out = {}
+    for split in ("A", "B", "all"):
+        out[split] = {m: (None if r is None or not math.isfinite(r[split]) else float(r[split]))
+                      for m, r in per_method.items()}
+    first = next((r for r in per_method.values() if r is not None), None)
+    if first is not None:
+        out["n_videos"] = {s: int(first["n_" + s]) for s in ("A", "B", "all")}
+    return out
+
+
+# --------------------------------------------------------------------------- plots
+_COLORS = ["tab:blue", "tab:green", "tab:red", "tab:purple", "tab:orange"]
+
+
+def plot_video(path, video, objects, *, resp=None, title=None, half_fov=None) -> str:
+    """Every frame of ``video`` as an image panel: detections (colour = category, size = score,
+    hollow where ``resp[t, d, 0] > 0.5``, i.e. called a hallucination), the true objects
+    (circles) and the inferred ``objects`` (crosses, ``[(category, [x, y, z])]``) projected with
+    the data's camera (DESIGN.md; the metric's projection)."""
+    from matplotlib.figure import Figure
+
+    from .camera import IMAGE_SIZE, project, visible
+
+    T = video.num_frames
+    ncol = min(5, T)
+    nrow = int(math.ceil(T / ncol))
+    fig = Figure(figsize=(2.6 * ncol, 2.7 * nrow + 0.6))
+    axes = np.atleast_1d(fig.subplots(nrow, ncol)).reshape(-1)
+
+    def proj(pos):
+        if len(pos) == 0:
+            return np.zeros((T, 0, 2)), np.zeros((T, 0), dtype=bool)
+        p, d = project(torch.as_tensor(pos, dtype=video.cams.dtype).unsqueeze(0), video.cams.unsqueeze(1),
+                       video.looks.unsqueeze(1))
+        return p.numpy(), visible(p, d).numpy()
+
+    tp, tv = proj(video.gt_positions.tolist() if video.has_ground_truth else [])
+    tc = video.gt_categories.tolist() if video.has_ground_truth else []
+    ip, iv = proj([p for _, p in objects])
+    ic = [c for c, _ in objects]
+    for t in range(len(axes)):
+        ax = axes[t]
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if t >= T:
+            ax.axis("off")
+            continue
+        ax.set_xlim(0, IMAGE_SIZE)
+        ax.set_ylim(IMAGE_SIZE, 0)
+        ax.set_aspect("equal")
+        det = video.detections[t]
+        for i in range(len(det)):
+            c = int(det.categories[i])
+            x, y = det.centers[i].tolist()
+            s = 15 + 80 * float(det.scores[i])
+            hall = resp is not None and float(resp[t, i, 0]) > 0.5
+            ax.scatter([x], [y], s=s, facecolors="none" if hall else _COLORS[c], edgecolors=_COLORS[c],
+                       linewidths=1.0, alpha=0.85)
+        for k, c in enumerate(tc):
+            if tv[t, k]:
+                ax.scatter([tp[t, k, 0]], [tp[t, k, 1]], s=260, facecolors="none", edgecolors=_COLORS[c],
+                           linewidths=2.0)
+        for k, c in enumerate(ic):
+            if iv[t, k]:
+                ax.scatter([ip[t, k, 0]], [ip[t, k, 1]], s=120, marker="x", color=_COLORS[c], linewidths=2.2)
+        ax.set_title(f"frame {t}", fontsize=8)
+    handles = [fig.axes[0].scatter([], [], s=40, color=_COLORS[c], label=n) for c, n in enumerate(CATEGORIES)]
+    top = 1.0 - 0.75 / fig.get_figheight()
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, top + 0.005), ncol=5, fontsize=8,
+               frameon=False, title="dots: detections (size = score; hollow = called hallucination); "
+                                    "circles: truth; x: inferred", title_fontsize=8)
+    fig.suptitle(title or f"video {video.path}", y=0.998, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, top - 0.2 / fig.get_figheight()))
+    fig.savefig(path, dpi=72)
+    return path
+
+
+def _plot_indices(n: int, total: int) -> list:
+    if n <= 0 or total == 0:
+        return []
+    n = min(n, total)
+    return sorted(set(int(round(x)) for x in np.linspace(0, total - 1, n)))
+
+
+# --------------------------------------------------------------------------- main entry
+def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed: int = 0, progress: bool = True,
+             plots: int = 3, lesioned: bool = True, ground_truth_V: bool = True, max_objects: int = 8,
+             svi_steps: int = 300, svi_lr: float = 0.01, mcmc_videos: int = 3, mcmc_samples: int = 100,
+             mcmc_warmup: int = 100, log=None, num_threads: Optional[int] = 1) -> dict:
+    """Fit every video of a MetaGen detection file and write world states, V and metrics.
+
+    Parameters
+    ----------
+    data_path : str
+        A MetaGen detection JSON file (:func:`metagen_ppl.metagen_data.load_videos`).
+    out_dir : str
+        Output directory (created): ``world_states.json``, ``metacognition.json``,
+        ``metrics.json``, ``plots/``.
+    method : "em", "svi" or "mcmc" (see the module docstring)
+    learn_on : "all" (V learned on every video) or "train" (on videos 1-50, fixed for 51-100)
+    seed : int
+        Seeds SVI and MCMC (EM is deterministic).
+    progress : bool
+        Progress bars (per video) on stderr.
+    plots : int
+        Number of videos (evenly spread over the file) to draw.
+    lesioned, ground_truth_V : bool
+        Also fit the lesioned model / compute V from the ground truth (when the file has it).
+    max_objects : int
+        Object slots per video of the structure search.
+    svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup :
+        Budgets of the SVI and MCMC methods.
+    log : callable, optional
+        Receives one-line status messages.
+    num_threads : int or None
+        torch intra-op threads during the run (restored afterwards); default 1: the work is
+        many small tensor operations, and on a shared 2-core machine two threads were measured
+        3-7x slower than one (they contend with other processes). ``None`` keeps torch's setting.
+
+    Returns
+    -------
+    dict: the content of ``metrics.json``.
+    """
+    if num_threads is None:
+        return _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V,
+                         max_objects, svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log)
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise MetagenError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        return _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V,
+                         max_objects, svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V, max_objects,
+              svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log) -> dict:
+    t_start = time.perf_counter()
+    if method not in METHODS:
+        raise MetagenError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if learn_on not in LEARN_ON:
+        raise MetagenError(f"unknown learn_on {learn_on!r}; choose 'all' or 'train'")
+    for name, val in (("plots", plots), ("max_objects", max_objects), ("svi_steps", svi_steps),
+                      ("mcmc_videos", mcmc_videos), ("mcmc_samples", mcmc_samples), ("mcmc_warmup", mcmc_warmup)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < (1 if name in ("max_objects", "svi_steps",
+                                                                                     "mcmc_samples") else 0):
+            raise MetagenError(f"{name} must be a {'positive' if name in ('max_objects', 'svi_steps', 'mcmc_samples') else 'non-negative'} integer, got {val!r}")
+    say = log or (lambda m: None)
+    from .io import atomic_write_json
+
+    P = _pm()
+    videos = load_videos(data_path)
+    if not any(v.has_detections for v in videos):
+        raise DataError(f"{os.fspath(data_path)!r} has no 'detections' in its frames; evaluate needs a "
+                        "detector's output (e.g. data_labelled_retinanet.json), not unlabelled_data.json")
+    has_gt = all(v.has_ground_truth for v in videos)
+    has_box = all(v.labels2d is not None for v in videos)
+    os.makedirs(out_dir, exist_ok=True)
+    data = P.data_from_videos(videos)
+    V = len(videos)
+    timings = {}
+
+    # ---- our method
+    t0 = time.perf_counter()
+    fit_kw = {"max_objects": max_objects}
+    objs_em, learned, fit_info, fits, index_sets, resp_all = _fit_em(P, data, videos, learn_on, progress, fit_kw)
+    timings["em_fit_s"] = time.perf_counter() - t0
+    method_info = {}
+    objs = objs_em
+    if method == "svi":
+        t1 = time.perf_counter()
+        objs, method_info["svi"] = _fit_svi(P, data, fits, index_sets, V, seed, svi_steps, svi_lr, progress)
+        timings["svi_fit_s"] = time.perf_counter() - t1
+    chosen = []
+    if method == "mcmc":
+        t1 = time.perf_counter()
+        chosen = _plot_indices(mcmc_videos, V)
+        objs, method_info["mcmc"] = _fit_mcmc(P, data, fits, index_sets, objs_em, chosen, seed, mcmc_samples,
+                                              mcmc_warmup, progress)
+        timings["mcmc_fit_s"] = time.perf_counter() - t1
+    per_video = {}
+    metrics_by = {}
+    if has_gt:
+        t1 = time.perf_counter()
+        per_video["ours"] = _score_objects(videos, objs, "jaccard", progress, f"scoring ({method})")
+        timings["score_s"] = time.perf_counter() - t1
+    timings["fit_and_score_s"] = time.perf_counter() - t0
+    if method == "em":
+        say(f"EM: {sum(len(o) for o in objs)} objects in {V} videos; fitted"
+            f"{' and scored' if has_gt else ''} in {timings['fit_and_score_s']:.1f} s")
+
+    world = [{"path": v.path, "objects": [{"category_name": CATEGORIES[c], "position": p} for c, p in o]}
+             for v, o in zip(videos, objs)]
+    atomic_write_json(os.path.join(out_dir, "world_states.json"), world)
+
+    # ---- lesioned model and ground-truth V
+    meta = {"method": method, "learn_on": learn_on, "learned": _meta_json(P, learned),
+            "learned_on": "all videos" if learn_on == "all" else "videos 1-50 (split A)"}
+    objs_les = None
+    if lesioned:
+        t1 = time.perf_counter()
+        fit_les = _fit(P, data, "lesioned", progress, "lesioned model (V at its prior)", max_objects=max_objects)
+        objs_les = fit_les.objects()
+        meta["lesioned"] = _meta_json(P, fit_les.values)
+        timings["lesioned_fit_s"] = time.perf_counter() - t1
+    if has_gt and ground_truth_V:
+        t1 = time.perf_counter()
+        b = batch_videos(videos)
+        fit_gt = _fit(P, data, "truth", progress, "V from the ground truth", truth=(b.gt_categories, b.gt_positions,
+                                                                                  b.gt_mask))
+        meta["ground_truth"] = _meta_json(P, fit_gt.values)
+        meta["ground_truth_note"] = ("EM with every object fixed at its true category and position: V, sigma_px, "
+                                     "marks and field of view learned from the detections given the truth")
+        meta["V_table"] = {c: {"r_learned": meta["learned"]["detection_rate"][c],
+                               "r_ground_truth": meta["ground_truth"]["detection_rate"][c],
+                               "h_learned": meta["learned"]["hallucination_rate"][c],
+                               "h_ground_truth": meta["ground_truth"]["hallucination_rate"][c]}
+                           for c in CATEGORIES}
+        timings["ground_truth_V_s"] = time.perf_counter() - t1
+    meta["fits"] = fit_info["fits"]
+    if method_info:
+        meta[method] = method_info[method]
+    atomic_write_json(os.path.join(out_dir, "metacognition.json"), meta)
+
+    # ---- metrics
+    from .metrics import detector_baselines
+
+    metrics = {"data": os.fspath(data_path), "method": method, "learn_on": learn_on, "seed": seed,
+               "num_videos": V, "split_A": "videos 1-50 (file positions 0-49)",
+               "split_B": "videos 51-100 (file positions 50-99)"}
+    if has_gt:
+        t1 = time.perf_counter()
+        for metric in ("jaccard",) + (("box",) if has_box else ()):
+            by = {}
+            scores = per_video["ours"] if metric == "jaccard" else _score_objects(videos, objs, "box")
+            per_video_m = {"ours": scores}
+            by["ours"] = _splits(scores, videos)
+            if method == "mcmc":
+                sel = [videos[j] for j in chosen]
+                em_sc = _score_objects(sel, [objs_em[j] for j in chosen], metric)
+                mc_sc = scores[chosen]
+                by = {"ours": by["ours"], "mcmc_videos_only": _splits(mc_sc, sel),
+                      "em_same_videos": _splits(em_sc, sel)}
+            if method != "em":
+                em_scores = _score_objects(videos, objs_em, metric)
+                per_video_m["em"] = em_scores
+                by["em"] = _splits(em_scores, videos)
+            base = detector_baselines(videos, top_n=5, metric=metric)
+            by["detector"] = base["detector"]
+            by["detector_fitted"] = base["detector_fitted"]
+            if objs_les is not None:
+                les = _score_objects(videos, objs_les, metric)
+                per_video_m["lesioned"] = les
+                by["lesioned"] = _splits(les, videos)
+            metrics_by[metric] = {"splits": _regroup(by), "detector_threshold": base["threshold"],
+                                  "per_video": {m: [float(x) for x in s] for m, s in per_video_m.items()}}
+        timings["metrics_s"] = time.perf_counter() - t1
+        metrics["splits"] = {s: {m: metrics_by[m]["splits"][s] for m in metrics_by} for s in ("A", "B", "all")}
+        metrics["n_videos"] = metrics_by["jaccard"]["splits"].get("n_videos")
+        metrics["detector_threshold"] = {m: metrics_by[m]["detector_threshold"] for m in metrics_by}
+        metrics["per_video"] = {"path": [v.path for v in videos],
+                                **{f"{metric}_{m}": s for metric in metrics_by
+                                   for m, s in metrics_by[metric]["per_video"].items()}}
+        if method == "mcmc":
+            metrics["mcmc_videos"] = [videos[j].path for j in chosen]
+    else:
+        metrics["note"] = "the file has no ground truth ('labels'): no scores; world states and V written"
+    if not has_box:
+        metrics["box_note"] = "the file has no labels2D: box similarity not computed"
+    metrics["V"] = {"learned": {k: meta["learned"][k] for k in ("detection_rate", "hallucination_rate",
+                                                                  "pixel_scale", "field_of_view_deg")}}
+    if "ground_truth" in meta:
+        metrics["V"]["ground_truth"] = {k: meta["ground_truth"][k] for k in ("detection_rate", "hallucination_rate",
+                                                                               "pixel_scale", "field_of_view_deg")}
+
+    # ---- plots
+    t1 = time.perf_counter()
+    pdir = os.path.join(out_dir, "plots")
+    chosen_plots = _plot_indices(plots, V)
+    if chosen_plots:
+        os.makedirs(pdir, exist_ok=True)
+    written = []
+    for j in chosen_plots:
+        resp = resp_all[j] if resp_all is not None else None
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in videos[j].path)
+        fn = os.path.join(pdir, f"video_{safe}.png")
+        plot_video(fn, videos[j], objs[j], resp=resp,
+                   title=f"video {videos[j].path} ({method}): {len(objs[j])} inferred objects"
+                         + (f", {len(videos[j].gt_categories)} true" if videos[j].has_ground_truth else ""))
+        written.append(os.path.relpath(fn, out_dir))
+    timings["plots_s"] = time.perf_counter() - t1
+    metrics["plots"] = written
+    timings["wall_time_s"] = time.perf_counter() - t_start
+    metrics["timings"] = timings
+    metrics["wall_time_s"] = timings["wall_time_s"]
+    metrics["fit_and_score_s"] = timings["fit_and_score_s"]
+    atomic_write_json(os.path.join(out_dir, "metrics.json"), metrics)
+    return metrics
+
+
+# --------------------------------------------------------------------------- command line
+def add_evaluate_parser(subparsers):
+    """Add the ``evaluate`` sub-command to an argparse ``subparsers`` object; returns its parser."""
+    p = subparsers.add_parser(
+        "evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="fit the projective detector model to a MetaGen detection file; write world states, V, metrics",
+        description="Fit every video of a MetaGen detection JSON file with the projective detector model "
+                    "(V learned across videos), write DIR/world_states.json, DIR/metacognition.json, "
+                    "DIR/metrics.json (frame category Jaccard per split vs the detector, the fitted-threshold "
+                    "detector and the lesioned model) and PNGs of selected videos.")
+    p.add_argument("--data", "-d", required=True, help="MetaGen detection JSON file")
+    p.add_argument("--out", "-o", required=True, help="output directory")
+    p.add_argument("--method", "-m", choices=METHODS, default="em", help="inference method")
+    p.add_argument("--learn-on", choices=LEARN_ON, default="all",
+                   help="learn V on all videos, or on videos 1-50 only (then fixed for 51-100)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (SVI, MCMC)")
+    p.add_argument("--plots", type=int, default=3, help="number of videos to draw (PNG)")
+    p.add_argument("--max-objects", type=int, default=8, help="object slots per video")
+    p.add_argument("--no-lesioned", action="store_true", help="skip the lesioned model")
+    p.add_argument("--no-ground-truth-V", action="store_true", help="skip V computed from the ground truth")
+    p.add_argument("--svi-steps", type=int, default=300, help="SVI-MAP steps (method svi)")
+    p.add_argument("--svi-lr", type=float, default=0.01, help="SVI-MAP learning rate (method svi)")
+    p.add_argument("--mcmc-videos", type=int, default=3, help="videos sampled by NUTS (method mcmc)")
+    p.add_argument("--mcmc-samples", type=int, default=100, help="NUTS draws per video (method mcmc)")
+    p.add_argument("--mcmc-warmup", type=int, default=100, help="NUTS warm-up steps per video (method mcmc)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a shared machine)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars on stderr (default: on when stderr is a terminal)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the full traceback on errors")
+    p.set_defaults(func=run_evaluate)
+    return p
+
+
+def _fmt(x) -> str:
+    return "   -  " if x is None else f"{x:6.3f}"
+
+
+def summary_lines(metrics: dict) -> list:
+    """A short text table of ``metrics`` (method x split)."""
+    lines = []
+    if "splits" in metrics:
+        for metric in metrics["splits"]["A"]:
+            rows = metrics["splits"]["A"][metric].keys()
+            lines.append(f"{metric:<22}      A      B    all")
+            for m in rows:
+                lines.append(f"  {m:<20} " + " ".join(_fmt(metrics["splits"][s][metric].get(m))
+                                                      for s in ("A", "B", "all")))
+    lines.append(f"fitted and scored in {metrics['fit_and_score_s']:.1f} s; wall time {metrics['wall_time_s']:.1f} s")
+    return lines
+
+
+def run_evaluate(args) -> int:
+    """Run ``evaluate`` from parsed arguments; prints a summary table; returns 0."""
+    progress = args.progress
+    if progress is None:
+        try:
+            progress = sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            progress = False
+    metrics = evaluate(args.data, args.out, method=args.method, learn_on=args.learn_on, seed=args.seed,
+                       progress=progress, plots=args.plots, lesioned=not args.no_lesioned,
+                       ground_truth_V=not args.no_ground_truth_V, max_objects=args.max_objects,
+                       svi_steps=args.svi_steps, svi_lr=args.svi_lr, mcmc_videos=args.mcmc_videos,
+                       mcmc_samples=args.mcmc_samples, mcmc_warmup=args.mcmc_warmup,
+                       log=lambda m: print(m, file=sys.stderr, flush=True), num_threads=args.threads)
+    print("\n".join(summary_lines(metrics)))
+    print(f"-> {args.out}/world_states.json, metacognition.json, metrics.json")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m metagen_ppl.evaluate --data FILE --out DIR ...`` (exit 0, or 2 on bad input)."""
+    parser = argparse.ArgumentParser(prog="python -m metagen_ppl.evaluate")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_evaluate_parser(sub)
+    args = parser.parse_args(["evaluate"] + list(sys.argv[1:] if argv is None else argv))
+    try:
+        return run_evaluate(args)
+    except MetagenError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
