@@ -41,6 +41,19 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, leave=False)
 
 
+def bind(spec: ModelSpec, data: dict, num_objects, options: Optional[dict]):
+    """Validate ``data`` and ``K`` and bind them to the model: ``(EnumeratedModel, K, dtype)``.
+
+    The one set-up shared by every inference method (EM, SVI, MCMC).
+    """
+    check_data(data)
+    check_num_objects(num_objects, data)
+    num_objects = int(num_objects)
+    em = EnumeratedModel(spec.model, data, num_objects, dict(options or {}))
+    dtype = next(v for v in data.values() if torch.is_tensor(v) and v.is_floating_point()).dtype
+    return em, num_objects, dtype
+
+
 def initial_values(spec: ModelSpec, em: EnumeratedModel, generator: torch.Generator, dtype,
                    init: Optional[dict] = None) -> dict:
     """Starting values for one restart: the model's ``initialize`` hook, else a prior draw;
@@ -201,12 +214,8 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
         raise ModelError(f"model {spec.name!r} registers no closed-form M-step; use mstep='optimizer'")
     if num_inits < 1 or max_iter < 1:
         raise MetagenError("num_inits and max_iter must be at least 1")
-    check_data(data)
-    check_num_objects(num_objects, data)
-    num_objects = int(num_objects)
     t0 = time.perf_counter()
-    em = EnumeratedModel(spec.model, data, num_objects, options)
-    dtype = next(iter(v for v in data.values() if torch.is_tensor(v) and v.is_floating_point())).dtype
+    em, num_objects, dtype = bind(spec, data, num_objects, options)
     best = None
     restart_scores = []
     pbar = _progress(max_iter * num_inits, f"EM {spec.name}", progress)

@@ -18,13 +18,11 @@ from pyro.infer import MCMC, NUTS, config_enumerate
 from pyro.infer.autoguide import init_to_value
 
 from .align import align_samples
-from .em import initial_values
-from .enumeration import EnumeratedModel
+from .em import bind, initial_values
 from .errors import MetagenError, ModelError
 from .registry import load_model
 from .result import FitResult
 from .util import seeded
-from .validate import check_data, check_num_objects
 
 
 def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, warmup_steps: int = 200,
@@ -55,16 +53,12 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
     if num_samples < 1 or warmup_steps < 0 or num_chains < 1:
         raise MetagenError("num_samples and num_chains must be >= 1 and warmup_steps >= 0")
     spec = load_model(model)
-    check_data(data)
-    check_num_objects(num_objects, data)
-    num_objects = int(num_objects)
-    options = dict(options or {})
     t0 = time.perf_counter()
-    em = EnumeratedModel(spec.model, data, num_objects, options)
+    em, num_objects, dtype = bind(spec, data, num_objects, options)
+    options = em.options
     if em.param_latents:
         raise ModelError(f"NUTS needs every continuous unknown to be a pyro.sample site with a prior; "
                          f"the model has pyro.param sites {em.param_latents}")
-    dtype = next(v for v in data.values() if torch.is_tensor(v) and v.is_floating_point()).dtype
     enum_model = config_enumerate(spec.model, default="parallel")
     chains, divergences = [], []
     for c in range(num_chains):

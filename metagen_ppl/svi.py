@@ -18,13 +18,11 @@ from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
 from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_value
 from pyro.optim import ClippedAdam
 
-from .em import initial_values
-from .enumeration import EnumeratedModel
+from .em import bind, initial_values
 from .errors import MetagenError
 from .registry import load_model
 from .result import FitResult
 from .util import seeded
-from .validate import check_data, check_num_objects
 
 
 def loss_flattened(trace, window_frac: float = 0.1, rtol: float = 1e-4) -> bool:
@@ -39,10 +37,6 @@ def loss_flattened(trace, window_frac: float = 0.1, rtol: float = 1e-4) -> bool:
     diff = abs(float(last.mean() - prev.mean()))
     noise = 2.0 * float(last.std()) / w ** 0.5
     return diff <= max(noise, rtol * abs(float(last.mean())))
-
-
-def _dtype(data):
-    return next(v for v in data.values() if torch.is_tensor(v) and v.is_floating_point()).dtype
 
 
 def fit_svi(model, data: dict, num_objects: int, *, guide: str = "delta", num_steps: int = 1000,
@@ -74,13 +68,9 @@ def fit_svi(model, data: dict, num_objects: int, *, guide: str = "delta", num_st
     if num_steps < 1:
         raise MetagenError("num_steps must be at least 1")
     spec = load_model(model)
-    check_data(data)
-    check_num_objects(num_objects, data)
-    num_objects = int(num_objects)
-    options = dict(options or {})
     t0 = time.perf_counter()
-    em = EnumeratedModel(spec.model, data, num_objects, options)
-    dtype = _dtype(data)
+    em, num_objects, dtype = bind(spec, data, num_objects, options)
+    options = em.options
     start = initial_values(spec, em, torch.Generator().manual_seed(int(seed) * 1_000_003), dtype, init)
     enum_model = config_enumerate(spec.model, default="parallel")
     guide_model = poutine.block(enum_model, expose=em.sample_latents)
