@@ -97,7 +97,7 @@ def load_json(path):
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except FileNotFoundError:
-        raise DataError(f"file {path!r} does not exist") from None
+        raise DataError(f"cannot read file {path!r}: it does not exist") from None
     except IsADirectoryError:
         raise DataError(f"{path!r} is a directory, not a JSON file") from None
     except UnicodeDecodeError as e:

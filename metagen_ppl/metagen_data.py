@@ -38,7 +38,6 @@ file and its ``path``) and the frame (0-based) of the first problem.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections import Counter
@@ -47,6 +46,7 @@ from typing import Optional
 import torch
 
 from .errors import DataError
+from .io import load_json
 
 __all__ = ["CATEGORIES", "COCO_TO_CATEGORY", "CATEGORY_ALIASES", "SPLIT_A_SIZE", "Detections",
            "Boxes2D", "Video", "VideoBatch", "load_videos", "parse_videos", "batch_videos",
@@ -495,13 +495,7 @@ def load_videos(source, *, score_threshold: Optional[float] = None, top_n: Optio
     list of :class:`Video`, in file order.
     """
     if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, encoding="utf-8") as fh:
-                obj = json.load(fh)
-        except OSError as exc:
-            raise DataError(f"cannot read {os.fspath(source)!r}: {exc.strerror or exc}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{os.fspath(source)!r} is not valid JSON: {exc}") from None
+        obj = load_json(source)
     else:
         obj = source
     return parse_videos(obj, score_threshold=score_threshold, top_n=top_n, dtype=dtype)

@@ -31,7 +31,6 @@ mismatched list lengths, NaN/inf, unknown category names, negative or zero rates
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections import Counter
@@ -40,6 +39,7 @@ from typing import Optional, Sequence
 import torch
 
 from .errors import DataError
+from .io import load_json
 from .metagen_data import CATEGORIES, COCO_TO_CATEGORY, category_index
 
 __all__ = ["SceneSet", "parse_scenes", "load_scenes", "write_scenes", "parse_V", "V_to_json",
@@ -354,13 +354,7 @@ def load_scenes(source, **kwargs) -> SceneSet:
     if isinstance(source, SceneSet):
         return source
     if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, encoding="utf-8") as fh:
-                obj = json.load(fh)
-        except OSError as exc:
-            raise DataError(f"cannot read {os.fspath(source)!r}: {exc.strerror or exc}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{os.fspath(source)!r} is not valid JSON: {exc}") from None
+        obj = load_json(source)
     else:
         obj = source
     return parse_scenes(obj, **kwargs)
