@@ -41,6 +41,24 @@ def scale_prior(shape, rate, dtype=None):
     return dist.TransformedDistribution(dist.InverseGamma(a, b), [PowerTransform(torch.as_tensor(0.5, dtype=dtype))])
 
 
+def mixture_sites(K, dtype, weights=None, scale=None, loc_prior_mean=0.0, loc_prior_scale=10.0,
+                  weight_concentration=1.0, scale_prior_shape=2.0, scale_prior_rate=1.0):
+    """The sites of the objects and the noise shared by the point models: ``"locs"`` (K, 3),
+    ``"weights"`` (K,) and ``"scale"`` () as latent sample sites, or the given fixed values."""
+    locs = pyro.sample("locs", dist.Normal(torch.tensor(loc_prior_mean, dtype=dtype),
+                                           torch.tensor(loc_prior_scale, dtype=dtype))
+                       .expand([K, 3]).to_event(2))
+    if weights is None:
+        weights = pyro.sample("weights", dist.Dirichlet(torch.full((K,), float(weight_concentration), dtype=dtype)))
+    else:
+        weights = torch.as_tensor(weights, dtype=dtype)
+    if scale is None:
+        scale = pyro.sample("scale", scale_prior(scale_prior_shape, scale_prior_rate, dtype))
+    else:
+        scale = torch.as_tensor(scale, dtype=dtype)
+    return locs, weights, scale
+
+
 def model(data, num_objects, *, weights=None, scale=None, num_obs=None,
           loc_prior_mean=0.0, loc_prior_scale=10.0, weight_concentration=1.0,
           scale_prior_shape=2.0, scale_prior_rate=1.0):
@@ -61,17 +79,8 @@ def model(data, num_objects, *, weights=None, scale=None, num_obs=None,
     dtype = x.dtype if x is not None else torch.get_default_dtype()
     n = x.shape[0] if x is not None else int(num_obs)
     K = int(num_objects)
-    locs = pyro.sample("locs", dist.Normal(torch.tensor(loc_prior_mean, dtype=dtype),
-                                           torch.tensor(loc_prior_scale, dtype=dtype))
-                       .expand([K, 3]).to_event(2))
-    if weights is None:
-        weights = pyro.sample("weights", dist.Dirichlet(torch.full((K,), float(weight_concentration), dtype=dtype)))
-    else:
-        weights = torch.as_tensor(weights, dtype=dtype)
-    if scale is None:
-        scale = pyro.sample("scale", scale_prior(scale_prior_shape, scale_prior_rate, dtype))
-    else:
-        scale = torch.as_tensor(scale, dtype=dtype)
+    locs, weights, scale = mixture_sites(K, dtype, weights, scale, loc_prior_mean, loc_prior_scale,
+                                         weight_concentration, scale_prior_shape, scale_prior_rate)
     with pyro.plate("data", n, dim=-1):
         z = pyro.sample("z", dist.Categorical(logits=torch.log(weights)), infer={"enumerate": "parallel"})
         pyro.sample("x", IsotropicNormal(locs[z], scale), obs=x)

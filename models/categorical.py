@@ -62,7 +62,6 @@ from pyro.ops.indexing import Vindex
 from metagen_ppl.errors import DataError
 from metagen_ppl.util import seeded
 from models import baseline
-from models.baseline import scale_prior
 
 COMPONENT_SITES = {"locs": 0, "weights": 0}
 LOCATION_SITE = "locs"
@@ -267,17 +266,8 @@ def model(data, num_objects, *, num_categories=None, confusion=None, category_pr
         raise DataError(f"observed category out of range: data['o'] holds values in "
                         f"{int(o.min())}..{int(o.max())} but categories are 0-based ints in 0..{C - 1} (C = {C})")
 
-    locs = pyro.sample("locs", dist.Normal(torch.tensor(loc_prior_mean, dtype=dtype),
-                                           torch.tensor(loc_prior_scale, dtype=dtype))
-                       .expand([K, 3]).to_event(2))
-    if weights is None:
-        weights = pyro.sample("weights", dist.Dirichlet(torch.full((K,), float(weight_concentration), dtype=dtype)))
-    else:
-        weights = torch.as_tensor(weights, dtype=dtype)
-    if scale is None:
-        scale = pyro.sample("scale", scale_prior(scale_prior_shape, scale_prior_rate, dtype))
-    else:
-        scale = torch.as_tensor(scale, dtype=dtype)
+    locs, weights, scale = baseline.mixture_sites(K, dtype, weights, scale, loc_prior_mean, loc_prior_scale,
+                                                  weight_concentration, scale_prior_shape, scale_prior_rate)
     if confusion is None:
         conc = confusion_concentration_matrix(C, confusion_concentration, confusion_diag_concentration, dtype)
         A = pyro.sample("confusion", dist.Dirichlet(conc).to_event(1))
