@@ -172,19 +172,26 @@ def check_V(V: dict, num_categories: int, dtype=torch.float64) -> dict:
     return out
 
 
-def _structure(data, num_objects, cats, active):
-    S = data["positions"].shape[0]
+def check_structure(cats, active, n, num_objects, *, missing: str, axis: str = "S"):
+    """Slot categories ``cats`` and activity ``active`` as ``(n, K)`` tensors (``active``
+    defaults to all true); ``missing`` is the error when no structure is given."""
     K = int(num_objects)
     if cats is None:
-        raise ModelError("model 'detector' needs the scene structure as options: cats (S, K) slot "
-                         "categories and active (S, K) bool; metagen_ppl.metacognition.fit_metacognition "
-                         "searches over structures")
+        raise ModelError(missing)
     cats = torch.as_tensor(cats, dtype=torch.long)
-    active = torch.ones(S, K, dtype=torch.bool) if active is None else torch.as_tensor(active, dtype=torch.bool)
-    if cats.shape != (S, K) or active.shape != (S, K):
-        raise ModelError(f"cats and active must have shape (S, K) = ({S}, {K}), got "
+    active = torch.ones(n, K, dtype=torch.bool) if active is None else torch.as_tensor(active, dtype=torch.bool)
+    if cats.shape != (n, K) or active.shape != (n, K):
+        raise ModelError(f"cats and active must have shape ({axis}, K) = ({n}, {K}), got "
                          f"{tuple(cats.shape)} and {tuple(active.shape)}")
     return cats, active
+
+
+def _structure(data, num_objects, cats, active):
+    return check_structure(
+        cats, active, data["positions"].shape[0], num_objects,
+        missing="model 'detector' needs the scene structure as options: cats (S, K) slot "
+                "categories and active (S, K) bool; metagen_ppl.metacognition.fit_metacognition "
+                "searches over structures")
 
 
 def _box(data):

@@ -135,7 +135,8 @@ from pyro.distributions import TorchDistribution, constraints
 from pyro.ops.indexing import Vindex
 
 from metagen_ppl.camera import HALF_FOV, IMAGE_SIZE, camera_frame, triangulate, visible
-from metagen_ppl.errors import DataError, ModelError
+from metagen_ppl.errors import DataError
+from models.detector import check_structure
 from metagen_ppl.metagen_data import CATEGORIES, COCO_TO_CATEGORY
 
 __all__ = ["ROOM_BOX", "SCORE_EDGES", "IMPOSSIBLE", "DEFAULTS", "data_from_videos", "score_bins", "model",
@@ -259,17 +260,10 @@ def object_pixels(data: dict, locs: torch.Tensor, half_fov=HALF_FOV):
 
 
 def _structure(data, num_objects, cats, active):
-    V = data["cams"].shape[0]
-    K = int(num_objects)
-    if cats is None:
-        raise ModelError("model 'projective' needs the structure as options: cats (V, K) slot categories "
-                         "and active (V, K) bool; models.projective.fit_videos searches over structures")
-    cats = torch.as_tensor(cats, dtype=torch.long)
-    active = torch.ones(V, K, dtype=torch.bool) if active is None else torch.as_tensor(active, dtype=torch.bool)
-    if cats.shape != (V, K) or active.shape != (V, K):
-        raise ModelError(f"cats and active must have shape (V, K) = ({V}, {K}), got "
-                         f"{tuple(cats.shape)} and {tuple(active.shape)}")
-    return cats, active
+    return check_structure(
+        cats, active, data["cams"].shape[0], num_objects, axis="V",
+        missing="model 'projective' needs the structure as options: cats (V, K) slot categories "
+                "and active (V, K) bool; models.projective.fit_videos searches over structures")
 
 
 # --------------------------------------------------------------------------- distributions
