@@ -20,7 +20,11 @@ timings. Writes every run's outputs under ``--out``.
 Usage::
 
     python comparisons/real_detectors.py [--data-dir ../shared/data/metagen2021] [--out real-detectors]
-        [--svi-steps 300] [--mcmc-videos 3] [--skip-svi] [--skip-mcmc]
+        [--svi-steps 300] [--mcmc-videos 3] [--skip-svi] [--skip-mcmc] [--resume]
+
+Every run (detector x fit setting x method) keeps its units in ``OUT/<detector>/<run>/checkpoints/``
+as soon as they are done; after an interruption (Ctrl-C: exit 130) ``--resume`` reuses every
+finished run and unit and continues the unfinished fit from its last round.
 """
 
 from __future__ import annotations
@@ -66,7 +70,11 @@ def main(argv=None) -> int:
     p.add_argument("--skip-svi", action="store_true")
     p.add_argument("--skip-mcmc", action="store_true")
     p.add_argument("--plots", type=int, default=3)
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the finished runs and units of an interrupted invocation (same --out)")
     args = p.parse_args(argv)
+    from metagen_ppl.io import atomic_write_json
+    resume_kw = {"resume": args.resume}
 
     rows = {}        # (label) -> {(detector, split): value}
     order = []
@@ -87,7 +95,7 @@ def main(argv=None) -> int:
                                    "MetaGen repository) is expected in ../shared/data/metagen2021/")
             print(f"[{det}] EM, V learned on all videos ...", file=sys.stderr, flush=True)
             out = os.path.join(args.out, det, "em_all")
-            m = evaluate(path, out, method="em", learn_on="all", progress=False, plots=args.plots)
+            m = evaluate(path, out, method="em", learn_on="all", progress=False, plots=args.plots, **resume_kw)
             j = m["splits"]
             put("EM (learn all)", det, {s: j[s]["jaccard"]["ours"] for s in ("A", "B", "all")})
             put("lesioned", det, {s: j[s]["jaccard"]["lesioned"] for s in ("A", "B", "all")})
@@ -102,14 +110,14 @@ def main(argv=None) -> int:
                           "threshold": m["detector_threshold"]["jaccard"]}
             print(f"[{det}] EM, V learned on videos 1-50 ...", file=sys.stderr, flush=True)
             m = evaluate(path, os.path.join(args.out, det, "em_train"), method="em", learn_on="train", progress=False,
-                         plots=0, lesioned=False)
+                         plots=0, lesioned=False, **resume_kw)
             put("EM (learn 1-50)", det, {s: m["splits"][s]["jaccard"]["ours"] for s in ("A", "B", "all")})
             extra[det]["train_fit_and_score_s"] = m["fit_and_score_s"]
             if not args.skip_svi:
                 print(f"[{det}] SVI-MAP ...", file=sys.stderr, flush=True)
                 out = os.path.join(args.out, det, "svi")
                 m = evaluate(path, out, method="svi", progress=False, plots=0, lesioned=False, ground_truth_V=False,
-                             svi_steps=args.svi_steps, svi_lr=args.svi_lr)
+                             svi_steps=args.svi_steps, svi_lr=args.svi_lr, **resume_kw)
                 put("SVI-MAP (EM structure)", det, {s: m["splits"][s]["jaccard"]["ours"] for s in ("A", "B", "all")})
                 svi = json.load(open(os.path.join(out, "metacognition.json")))["svi"][0]
                 extra[det]["svi"] = {k: svi[k] for k in ("log_joint", "em_log_joint_same_structure", "converged",
@@ -119,7 +127,7 @@ def main(argv=None) -> int:
                 out = os.path.join(args.out, det, "mcmc")
                 m = evaluate(path, out, method="mcmc", progress=False, plots=0, lesioned=False,
                              ground_truth_V=False, mcmc_videos=args.mcmc_videos, mcmc_samples=args.mcmc_samples,
-                             mcmc_warmup=args.mcmc_samples)
+                             mcmc_warmup=args.mcmc_samples, **resume_kw)
                 k = args.mcmc_videos
                 put(f"MCMC ({k} videos)", det, {s: m["splits"][s]["jaccard"]["mcmc_videos_only"]
                                                 for s in ("A", "B", "all")})
@@ -131,6 +139,9 @@ def main(argv=None) -> int:
     except MetagenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(getattr(e, "detail", None) or "interrupted", "(this script: rerun with --resume)", file=sys.stderr)
+        return 130
 
     head = "frame category Jaccard".ljust(26) + "".join(f"{d:^21}" for d in DETECTORS)
     print(head)
@@ -158,9 +169,9 @@ def main(argv=None) -> int:
         if "mcmc" in e:
             s = e["mcmc"]
             print(f"  MCMC: videos {s['videos']}, {s['divergences']} divergences, {s['wall_time_s']:.1f} s")
-    with open(os.path.join(args.out, "table.json"), "w") as fh:
-        json.dump({"rows": {lab: {f"{d}/{s}": v for (d, s), v in r.items()} for lab, r in rows.items()},
-                   "extra": extra}, fh, indent=1)
+    atomic_write_json(os.path.join(args.out, "table.json"),
+                      {"rows": {lab: {f"{d}/{s}": v for (d, s), v in r.items()} for lab, r in rows.items()},
+                       "extra": extra})
     return 0
 
 

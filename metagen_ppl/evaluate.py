@@ -28,7 +28,18 @@ the model's own model selection -- and writes to ``out_dir``:
 ``plots/video_<path>.png``
     for ``plots`` selected videos: every frame with its detections (coloured by
     category, size by score, hollow when the fit calls them hallucinations),
-    the true objects (circles) and the inferred objects (crosses) projected.
+    the true objects (circles) and the inferred objects (crosses) projected;
+``checkpoints/``
+    one file per unit of work (:mod:`metagen_ppl.checkpoint`): ``em_learn_all.json``
+    (or ``em_learn_A.json`` and ``em_fixed_B.json``), ``lesioned.json`` and
+    ``ground_truth.json`` are the structure-search fits, rewritten after every round;
+    ``svi_<i>.json`` and ``mcmc_video_<j>.json`` the SVI runs and MCMC videos;
+    ``evaluate.json`` marks a complete run. ``--resume`` reuses every finished unit and
+    continues an unfinished fit from its last round (``--no-checkpoint``: none kept).
+
+Every file is written as soon as its result is done and atomically (a temporary file,
+then :func:`os.replace`): a kill leaves the previous file or the complete new one. Ctrl-C
+prints one line saying what was kept and how to resume, and exits with 130.
 
 Methods (``method``)
 --------------------
@@ -69,6 +80,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .checkpoint import CheckpointError
 from .errors import DataError, MetagenError
 from .metagen_data import CATEGORIES, SPLIT_A_SIZE, batch_videos, load_videos
 
@@ -93,7 +105,9 @@ def _bar(total, desc, enabled, unit="video"):
 
 
 # --------------------------------------------------------------------------- fitting
-def _fit(P, data, mode, progress, desc, params=None, truth=None, **kw):
+def _fit(P, data, mode, progress, desc, params=None, truth=None, units=None, name=None, **kw):
+    if units is not None:
+        kw.update(units.fit_kwargs(name))
     bar = _bar(data["cams"].shape[0], desc, progress)
     state = {"n": 0}
 
@@ -109,7 +123,84 @@ def _fit(P, data, mode, progress, desc, params=None, truth=None, **kw):
         if bar is not None:
             bar.update(bar.total - state["n"])
             bar.close()
+    if units is not None:
+        units.finished(name)
     return fit
+
+
+# --------------------------------------------------------------------------- checkpoints
+class _Units:
+    """The resumable units of one ``evaluate`` run, each with its file in ``OUT/checkpoints/``.
+
+    Fits (``em_learn_all`` or ``em_learn_A`` + ``em_fixed_B``, ``lesioned``, ``ground_truth``)
+    checkpoint after every structure-search round (:func:`models.projective.fit_videos`; the
+    finished fit's last checkpoint is its result); ``svi_<i>`` (one per EM fit) and
+    ``mcmc_video_<j>`` (one per sampled video) store their result when finished. With
+    ``resume`` every finished unit is reused, an unfinished fit continues from its last round,
+    and a unit written for other data or settings is refused
+    (:class:`metagen_ppl.checkpoint.CheckpointError`).
+    """
+
+    def __init__(self, out_dir, enabled: bool, resume: bool, data_hash: str):
+        self.dir = os.path.join(out_dir, "checkpoints") if enabled else None
+        self.resume = resume
+        self.data_hash = data_hash
+        self.done = []
+        self.current = None
+
+    def path(self, name):
+        return None if self.dir is None else os.path.join(self.dir, name + ".json")
+
+    def fit_kwargs(self, name) -> dict:
+        self.current = name
+        if self.dir is None:
+            return {}
+        return {"checkpoint": self.path(name), "resume": self.resume}
+
+    def finished(self, name) -> None:
+        self.done.append(name)
+        self.current = None
+
+    def compute(self, name, settings: dict, fn):
+        """``fn()`` (a JSON-able result: numbers, lists, tuples, dicts, tensors), or its stored result."""
+        self.current = name
+        if self.dir is None:
+            out = fn()
+        else:
+            from .checkpoint import Checkpoint
+
+            ck = Checkpoint(self.path(name), "evaluate unit", self.data_hash, dict(settings, unit=name))
+            st = ck.load() if self.resume else None
+            if st is not None and st["done"]:
+                out = st["state"]["result"]
+            else:
+                out = fn()
+                ck.save(1, {"result": out}, done=True)
+        self.finished(name)
+        return out
+
+    def interrupted(self, e: KeyboardInterrupt):
+        """The :class:`FitInterrupted` to raise: one line saying what was kept and how to resume."""
+        from .checkpoint import FitInterrupted
+
+        if self.dir is None:
+            return FitInterrupted(None, None, "interrupted; no checkpoints were written (checkpointing was off): "
+                                              "a rerun starts afresh")
+        kept = []
+        if self.done:
+            kept.append("finished: " + ", ".join(self.done))
+        rnd = getattr(e, "round", None)
+        if self.current is not None and rnd is not None:
+            kept.append(f"{self.current} at the end of round {rnd}")
+        what = f" ({'; '.join(kept)})" if kept else ""
+        return FitInterrupted(self.dir, rnd, f"interrupted; rerun with --resume to continue{what}; "
+                                            f"checkpoints in {self.dir}")
+
+
+def _fit_hash(fit) -> str:
+    from .checkpoint import hash_tensors
+
+    return hash_tensors({k: v for k, v in fit.state_dict().items() if k != "trace"})[:16]
 
 
 def _world_objects(cats, locs, active) -> list:
@@ -132,7 +223,7 @@ def _meta_json(P, values: dict) -> dict:
     return out
 
 
-def _fit_em(P, data, videos, learn_on, progress, kw):
+def _fit_em(P, data, videos, learn_on, progress, kw, units=None):
     """EM fit(s): returns (objects per video, learned params, info, resp per video or None)."""
     V = data["cams"].shape[0]
     idx_a = [i for i, v in enumerate(videos) if v.index < SPLIT_A_SIZE]
@@ -140,7 +231,8 @@ def _fit_em(P, data, videos, learn_on, progress, kw):
     if learn_on == "all" or not idx_b:
         if learn_on == "train" and not idx_a:
             raise DataError("--learn-on train needs videos 1-50 (split A) to learn V on")
-        fit = _fit(P, data, "learn", progress, "EM fit (V learned on all videos)", **kw)
+        fit = _fit(P, data, "learn", progress, "EM fit (V learned on all videos)", units=units, name="em_learn_all",
+                   **kw)
         res = fit.result()
         objs = fit.objects()
         info = {"fits": [_fit_info(fit)]}
@@ -148,10 +240,11 @@ def _fit_em(P, data, videos, learn_on, progress, kw):
     if not idx_a:
         raise DataError("--learn-on train needs videos 1-50 (split A) to learn V on")
     P_ = P
-    fit_a = _fit(P_, P_.select_videos(data, idx_a), "learn", progress, "EM fit, split A (V learned)", **kw)
+    fit_a = _fit(P_, P_.select_videos(data, idx_a), "learn", progress, "EM fit, split A (V learned)", units=units,
+                 name="em_learn_A", **kw)
     params = _V_params(fit_a.values)
     fit_b = _fit(P_, P_.select_videos(data, idx_b), "fixed", progress, "EM fit, split B (V fixed)", params=params,
-                 **kw)
+                 units=units, name="em_fixed_B", **kw)
     objs = [None] * V
     for fit, idx in ((fit_a, idx_a), (fit_b, idx_b)):
         for i, o in zip(idx, fit.objects()):
@@ -167,43 +260,58 @@ def _fit_info(fit) -> dict:
             "trace": fit.trace}
 
 
-def _fit_svi(P, data, fits, index_sets, V, seed, steps, lr, progress):
-    """SVI-MAP on the same model, structure from EM (see the module docstring)."""
-    from .svi import fit_svi
-
+def _fit_svi(P, data, fits, index_sets, V, seed, steps, lr, progress, units=None):
+    """SVI-MAP on the same model, structure from EM (see the module docstring); one unit per EM fit."""
     objs = [None] * V
     infos = []
-    for fit, idx in zip(fits, index_sets):
-        sub = P.select_videos(data, idx)
-        cats, active, _, birth = P.compact_structure(fit)
-        K = cats.shape[1]
-        opts = {"cats": cats, "active": active, "half_fov": float(fit.values["half_fov"])}
-        init = dict(P.prior_params(dtype=sub["centers"].dtype))
-        if fit.mode == "fixed":
-            opts.update({k: fit.values[k] for k in ("rates", "hallucination", "pixel_scale", "mark_real",
-                                                    "mark_hall")})
-            init = {}
-        init["locs"] = birth
-        t0 = time.perf_counter()
-        res = fit_svi(P, sub, K, guide="delta", num_steps=steps, lr=lr, seed=seed, init=init, options=opts,
-                      progress=progress)
-        locs = res.params["locs"]
-        for j, o in zip(idx, _world_objects(cats, locs, active)):
-            objs[j] = o
-        em_values = {k: v for k, v in fit.values.items() if k in res.params}
-        em_values["locs"] = P.compact_structure(fit)[2]
-        from .enumeration import EnumeratedModel
+    for i, (fit, idx) in enumerate(zip(fits, index_sets)):
+        def run(fit=fit, idx=idx):
+            return _svi_one(P, data, fit, idx, seed, steps, lr, progress)
 
-        em_lj = EnumeratedModel(P.model, sub, K, opts).estep(em_values, need_weights=False).log_joint
-        infos.append({"num_videos": len(idx), "steps": steps, "lr": lr, "final_elbo": res.trace[-1],
-                      "log_joint": res.log_joint, "em_log_joint_same_structure": em_lj,
-                      "converged": res.converged, "wall_time_s": time.perf_counter() - t0,
-                      "V": {k: res.params[k].tolist() for k in ("rates", "hallucination", "pixel_scale")
-                            if k in res.params}})
+        if units is None:
+            part, info = run()
+        else:
+            part, info = units.compute(f"svi_{i}", {"seed": seed, "svi_steps": steps, "svi_lr": lr, "videos": idx,
+                                                    "em_fit": _fit_hash(fit)}, run)
+        for j, o in zip(idx, part):
+            objs[j] = o
+        infos.append(info)
     return objs, infos
 
 
-def _fit_mcmc(P, data, fits, index_sets, objs_em, chosen, seed, samples, warmup, progress):
+def _svi_one(P, data, fit, idx, seed, steps, lr, progress):
+    """SVI-MAP for the videos ``idx`` of one EM fit: ``(objects per video, info)``."""
+    from .svi import fit_svi
+
+    sub = P.select_videos(data, idx)
+    cats, active, _, birth = P.compact_structure(fit)
+    K = cats.shape[1]
+    opts = {"cats": cats, "active": active, "half_fov": float(fit.values["half_fov"])}
+    init = dict(P.prior_params(dtype=sub["centers"].dtype))
+    if fit.mode == "fixed":
+        opts.update({k: fit.values[k] for k in ("rates", "hallucination", "pixel_scale", "mark_real",
+                                                "mark_hall")})
+        init = {}
+    init["locs"] = birth
+    t0 = time.perf_counter()
+    res = fit_svi(P, sub, K, guide="delta", num_steps=steps, lr=lr, seed=seed, init=init, options=opts,
+                  progress=progress)
+    locs = res.params["locs"]
+    part = _world_objects(cats, locs, active)
+    em_values = {k: v for k, v in fit.values.items() if k in res.params}
+    em_values["locs"] = P.compact_structure(fit)[2]
+    from .enumeration import EnumeratedModel
+
+    em_lj = EnumeratedModel(P.model, sub, K, opts).estep(em_values, need_weights=False).log_joint
+    info = {"num_videos": len(idx), "steps": steps, "lr": lr, "final_elbo": res.trace[-1],
+            "log_joint": res.log_joint, "em_log_joint_same_structure": em_lj,
+            "converged": res.converged, "wall_time_s": time.perf_counter() - t0,
+            "V": {k: res.params[k].tolist() for k in ("rates", "hallucination", "pixel_scale")
+                  if k in res.params}}
+    return part, info
+
+
+def _fit_mcmc(P, data, fits, index_sets, objs_em, chosen, seed, samples, warmup, progress, units=None):
     objs = [list(o) for o in objs_em]
     where = {}
     for f, idx in zip(fits, index_sets):
@@ -213,17 +321,26 @@ def _fit_mcmc(P, data, fits, index_sets, objs_em, chosen, seed, samples, warmup,
     bar = _bar(len(chosen), "MCMC (NUTS)", progress)
     for j in chosen:
         fit, pos = where[j]
-        sub = P.select_videos(data, [j])
-        values = dict(fit.values)
-        values["locs"] = fit.values["locs"][pos:pos + 1]
-        r = P.nuts_locations(sub, values, fit.cats[pos:pos + 1], fit.active[pos:pos + 1], num_samples=samples,
-                             warmup_steps=warmup, seed=seed + j)
-        ks = fit.active[pos].nonzero().reshape(-1).tolist()
-        objs[j] = [(int(fit.cats[pos, k]), [float(x) for x in r["mean"][i]]) for i, k in enumerate(ks)]
-        sd = r["samples"].std(0) if r["samples"].shape[0] > 1 else torch.zeros_like(r["mean"])
-        infos.append({"video": j, "num_objects": len(ks), "divergences": r["divergences"],
-                      "accept_prob": r["accept_prob"], "posterior_sd": sd.tolist(),
-                      "wall_time_s": r["wall_time_s"]})
+
+        def run(fit=fit, pos=pos, j=j):
+            sub = P.select_videos(data, [j])
+            values = dict(fit.values)
+            values["locs"] = fit.values["locs"][pos:pos + 1]
+            r = P.nuts_locations(sub, values, fit.cats[pos:pos + 1], fit.active[pos:pos + 1], num_samples=samples,
+                                 warmup_steps=warmup, seed=seed + j)
+            ks = fit.active[pos].nonzero().reshape(-1).tolist()
+            obj = [(int(fit.cats[pos, k]), [float(x) for x in r["mean"][i]]) for i, k in enumerate(ks)]
+            sd = r["samples"].std(0) if r["samples"].shape[0] > 1 else torch.zeros_like(r["mean"])
+            return obj, {"video": j, "num_objects": len(ks), "divergences": r["divergences"],
+                         "accept_prob": r["accept_prob"], "posterior_sd": sd.tolist(),
+                         "wall_time_s": r["wall_time_s"]}
+
+        if units is None:
+            objs[j], info = run()
+        else:
+            objs[j], info = units.compute(f"mcmc_video_{j}", {"seed": seed, "mcmc_samples": samples,
+                                                              "mcmc_warmup": warmup, "em_fit": _fit_hash(fit)}, run)
+        infos.append(info)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -329,8 +446,29 @@ def plot_video(path, video, objects, *, resp=None, title=None, half_fov=None) ->
                                     "circles: truth; x: inferred", title_fontsize=8)
     fig.suptitle(title or f"video {video.path}", y=0.998, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, top - 0.2 / fig.get_figheight()))
-    fig.savefig(path, dpi=72)
+    atomic_savefig(fig, path, dpi=72)
     return path
+
+
+def atomic_savefig(fig, path, **kwargs) -> None:
+    """``fig.savefig(path)`` atomically: to a temporary file in the same directory, then :func:`os.replace`
+    (the format follows ``path``'s extension)."""
+    import tempfile
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fmt = os.path.splitext(path)[1].lstrip(".") or "png"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format=fmt, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _plot_indices(n: int, total: int) -> list:
@@ -344,7 +482,8 @@ def _plot_indices(n: int, total: int) -> list:
 def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed: int = 0, progress: bool = True,
              plots: int = 3, lesioned: bool = True, ground_truth_V: bool = True, max_objects: int = 8,
              svi_steps: int = 300, svi_lr: float = 0.01, mcmc_videos: int = 3, mcmc_samples: int = 100,
-             mcmc_warmup: int = 100, log=None, num_threads: Optional[int] = 1) -> dict:
+             mcmc_warmup: int = 100, log=None, num_threads: Optional[int] = 1, checkpoint: bool = True,
+             resume: bool = False) -> dict:
     """Fit every video of a MetaGen detection file and write world states, V and metrics.
 
     Parameters
@@ -374,27 +513,56 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
         torch intra-op threads during the run (restored afterwards); default 1: the work is
         many small tensor operations, and on a shared 2-core machine two threads were measured
         3-7x slower than one (they contend with other processes). ``None`` keeps torch's setting.
+    checkpoint : bool
+        Keep every unit of work in ``out_dir/checkpoints/`` as soon as it is done (atomically):
+        each structure-search fit after every round, each SVI run and each MCMC video when
+        finished, and ``evaluate.json`` when all outputs are written.
+    resume : bool
+        Continue an interrupted run with the same data and settings: finished units are reused
+        (not recomputed), an unfinished fit goes on from its last round, and the outputs equal
+        an uninterrupted run's (timings aside). If ``evaluate.json`` says the run completed, its
+        ``metrics.json`` is returned at once. A unit written for other data or settings is
+        refused (:class:`metagen_ppl.checkpoint.CheckpointError`: delete ``out_dir/checkpoints``
+        or drop ``resume``).
+
+    Every output file is written atomically (temporary file, then :func:`os.replace`): a kill
+    leaves the previous file or the complete new one. On Ctrl-C the run raises
+    :class:`metagen_ppl.checkpoint.FitInterrupted` (a :class:`KeyboardInterrupt`) whose
+    message says what was kept and how to resume.
 
     Returns
     -------
     dict: the content of ``metrics.json``.
     """
-    if num_threads is None:
-        return _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V,
-                         max_objects, svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log)
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
-        raise MetagenError(f"num_threads must be a positive integer or None, got {num_threads!r}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
+    if resume and not checkpoint:
+        raise MetagenError("resume=True needs checkpoint=True (the units of the earlier run are in "
+                           "OUT/checkpoints/)")
+    units = _Units(out_dir, bool(checkpoint), bool(resume), None)
+    args = (data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V, max_objects,
+            svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log, units)
+    previous = None
+    if num_threads is not None:
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise MetagenError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+        previous = torch.get_num_threads()
+        torch.set_num_threads(num_threads)
     try:
-        return _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V,
-                         max_objects, svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log)
+        return _evaluate(*args)
+    except KeyboardInterrupt as e:
+        raise units.interrupted(e) from e
+    except CheckpointError as e:
+        if e.path is None or units.dir is None:
+            raise
+        raise CheckpointError(f"checkpoint {e.path!r} {e.why}; to start afresh delete {units.dir} (or run without "
+                              "--resume / with resume=False, which overwrites it), or resume with the data and "
+                              "settings of the earlier run", e.path, e.why) from None
     finally:
-        torch.set_num_threads(previous)
+        if previous is not None:
+            torch.set_num_threads(previous)
 
 
 def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V, max_objects,
-              svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log) -> dict:
+              svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log, units) -> dict:
     t_start = time.perf_counter()
     if method not in METHODS:
         raise MetagenError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -405,6 +573,10 @@ def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesio
         if isinstance(val, bool) or not isinstance(val, int) or val < (1 if name in ("max_objects", "svi_steps",
                                                                                      "mcmc_samples") else 0):
             raise MetagenError(f"{name} must be a {'positive' if name in ('max_objects', 'svi_steps', 'mcmc_samples') else 'non-negative'} integer, got {val!r}")
+    if isinstance(svi_lr, bool) or not isinstance(svi_lr, (int, float)) or not math.isfinite(svi_lr) or svi_lr <= 0:
+        raise MetagenError(f"svi_lr must be a finite number > 0, got {svi_lr!r}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DataError(f"output directory {os.fspath(out_dir)!r} is an existing file; give a directory")
     say = log or (lambda m: None)
     from .io import atomic_write_json
 
@@ -415,28 +587,59 @@ def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesio
                         "detector's output (e.g. data_labelled_retinanet.json), not unlabelled_data.json")
     has_gt = all(v.has_ground_truth for v in videos)
     has_box = all(v.labels2d is not None for v in videos)
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create output directory {os.fspath(out_dir)!r}: {e.strerror or e}") from None
     data = P.data_from_videos(videos)
     V = len(videos)
     timings = {}
+    from .checkpoint import Checkpoint, CheckpointError, hash_file, hash_tensors
+
+    units.data_hash = hash_tensors(data)
+    marker = None
+    if units.dir is not None:
+        marker = Checkpoint(os.path.join(units.dir, "evaluate.json"), "evaluate", hash_file(data_path),
+                            {"method": method, "learn_on": learn_on, "seed": seed, "plots": plots,
+                             "lesioned": lesioned, "ground_truth_V": ground_truth_V, "max_objects": max_objects,
+                             "svi_steps": svi_steps, "svi_lr": svi_lr, "mcmc_videos": mcmc_videos,
+                             "mcmc_samples": mcmc_samples, "mcmc_warmup": mcmc_warmup})
+        done = None
+        if units.resume:
+            try:
+                done = marker.load()
+            except CheckpointError:          # other settings: the units decide what can be reused
+                done = None
+        outputs = [os.path.join(out_dir, f) for f in ("world_states.json", "metacognition.json", "metrics.json")]
+        if done is not None and done["done"] and all(os.path.isfile(f) for f in outputs):
+            from .io import load_json
+
+            say(f"resume: {out_dir} already holds the complete results of this run; nothing to do")
+            return load_json(outputs[2])
+        if os.path.exists(marker.path):      # the outputs are about to change
+            os.remove(marker.path)
+        if units.resume:
+            say(f"resume: reusing the finished units in {units.dir}")
 
     # ---- our method
     t0 = time.perf_counter()
     fit_kw = {"max_objects": max_objects}
-    objs_em, learned, fit_info, fits, index_sets, resp_all = _fit_em(P, data, videos, learn_on, progress, fit_kw)
+    objs_em, learned, fit_info, fits, index_sets, resp_all = _fit_em(P, data, videos, learn_on, progress, fit_kw,
+                                                                     units)
     timings["em_fit_s"] = time.perf_counter() - t0
     method_info = {}
     objs = objs_em
     if method == "svi":
         t1 = time.perf_counter()
-        objs, method_info["svi"] = _fit_svi(P, data, fits, index_sets, V, seed, svi_steps, svi_lr, progress)
+        objs, method_info["svi"] = _fit_svi(P, data, fits, index_sets, V, seed, svi_steps, svi_lr, progress,
+                                            units)
         timings["svi_fit_s"] = time.perf_counter() - t1
     chosen = []
     if method == "mcmc":
         t1 = time.perf_counter()
         chosen = _plot_indices(mcmc_videos, V)
         objs, method_info["mcmc"] = _fit_mcmc(P, data, fits, index_sets, objs_em, chosen, seed, mcmc_samples,
-                                              mcmc_warmup, progress)
+                                              mcmc_warmup, progress, units)
         timings["mcmc_fit_s"] = time.perf_counter() - t1
     per_video = {}
     metrics_by = {}
@@ -459,15 +662,16 @@ def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesio
     objs_les = None
     if lesioned:
         t1 = time.perf_counter()
-        fit_les = _fit(P, data, "lesioned", progress, "lesioned model (V at its prior)", max_objects=max_objects)
+        fit_les = _fit(P, data, "lesioned", progress, "lesioned model (V at its prior)", units=units, name="lesioned",
+                       max_objects=max_objects)
         objs_les = fit_les.objects()
         meta["lesioned"] = _meta_json(P, fit_les.values)
         timings["lesioned_fit_s"] = time.perf_counter() - t1
     if has_gt and ground_truth_V:
         t1 = time.perf_counter()
         b = batch_videos(videos)
-        fit_gt = _fit(P, data, "truth", progress, "V from the ground truth", truth=(b.gt_categories, b.gt_positions,
-                                                                                  b.gt_mask))
+        fit_gt = _fit(P, data, "truth", progress, "V from the ground truth", units=units, name="ground_truth",
+                      truth=(b.gt_categories, b.gt_positions, b.gt_mask))
         meta["ground_truth"] = _meta_json(P, fit_gt.values)
         meta["ground_truth_note"] = ("EM with every object fixed at its true category and position: V, sigma_px, "
                                      "marks and field of view learned from the detections given the truth")
@@ -555,6 +759,9 @@ def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesio
     metrics["wall_time_s"] = timings["wall_time_s"]
     metrics["fit_and_score_s"] = timings["fit_and_score_s"]
     atomic_write_json(os.path.join(out_dir, "metrics.json"), metrics)
+    if marker is not None:
+        marker.save(1, {"outputs": ["world_states.json", "metacognition.json", "metrics.json"] + written},
+                    done=True)
     return metrics
 
 
@@ -586,6 +793,12 @@ def add_evaluate_parser(subparsers):
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a shared machine)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on stderr (default: on when stderr is a terminal)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same command: the finished units in OUT/checkpoints/ "
+                        "(each fit, SVI run, MCMC video) are reused, an unfinished fit continues from its last "
+                        "structure-search round; units of other data or settings are refused")
+    p.add_argument("--no-checkpoint", action="store_true",
+                   help="keep no checkpoints (OUT/checkpoints/, written atomically after every round and unit)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the full traceback on errors")
     p.set_defaults(func=run_evaluate)
     return p
@@ -610,26 +823,34 @@ def summary_lines(metrics: dict) -> list:
 
 
 def run_evaluate(args) -> int:
-    """Run ``evaluate`` from parsed arguments; prints a summary table; returns 0."""
+    """Run ``evaluate`` from parsed arguments; prints a summary table; returns 0 (130 on Ctrl-C, after one
+    line on stderr saying what was kept and how to resume)."""
     progress = args.progress
     if progress is None:
         try:
             progress = sys.stderr.isatty()
         except (AttributeError, ValueError):
             progress = False
-    metrics = evaluate(args.data, args.out, method=args.method, learn_on=args.learn_on, seed=args.seed,
-                       progress=progress, plots=args.plots, lesioned=not args.no_lesioned,
-                       ground_truth_V=not args.no_ground_truth_V, max_objects=args.max_objects,
-                       svi_steps=args.svi_steps, svi_lr=args.svi_lr, mcmc_videos=args.mcmc_videos,
-                       mcmc_samples=args.mcmc_samples, mcmc_warmup=args.mcmc_warmup,
-                       log=lambda m: print(m, file=sys.stderr, flush=True), num_threads=args.threads)
+    try:
+        metrics = evaluate(args.data, args.out, method=args.method, learn_on=args.learn_on, seed=args.seed,
+                           progress=progress, plots=args.plots, lesioned=not args.no_lesioned,
+                           ground_truth_V=not args.no_ground_truth_V, max_objects=args.max_objects,
+                           svi_steps=args.svi_steps, svi_lr=args.svi_lr, mcmc_videos=args.mcmc_videos,
+                           mcmc_samples=args.mcmc_samples, mcmc_warmup=args.mcmc_warmup,
+                           log=lambda m: print(m, file=sys.stderr, flush=True), num_threads=args.threads,
+                           checkpoint=not getattr(args, "no_checkpoint", False),
+                           resume=getattr(args, "resume", False))
+    except KeyboardInterrupt as e:
+        detail = getattr(e, "detail", None) or "interrupted"
+        print(f"metagen-ppl evaluate: {detail}", file=sys.stderr, flush=True)
+        return 130
     print("\n".join(summary_lines(metrics)))
     print(f"-> {args.out}/world_states.json, metacognition.json, metrics.json")
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m metagen_ppl.evaluate --data FILE --out DIR ...`` (exit 0, or 2 on bad input)."""
+    """``python -m metagen_ppl.evaluate --data FILE --out DIR ...`` (exit 0, 2 on bad input, 130 on Ctrl-C)."""
     parser = argparse.ArgumentParser(prog="python -m metagen_ppl.evaluate")
     sub = parser.add_subparsers(dest="command", required=True)
     add_evaluate_parser(sub)

@@ -46,6 +46,11 @@ MetaGen's ablation). The continuous phase is EM by default (``inner="em"``);
 structure moves. EM's log joint never decreases within an EM phase (recorded
 in the trace; the structure moves change the parameter space between phases).
 
+Long runs: with ``checkpoint=PATH`` (command line: ``--out FILE`` checkpoints to
+``FILE.checkpoint.json``) the search state is written atomically after every round;
+``resume=True`` (``--resume``) continues from the last finished round to exactly the
+result of an uninterrupted run (:mod:`metagen_ppl.checkpoint`).
+
 Also here: object-level scores against ground truth (:func:`object_metrics`),
 the raw-detections baseline (:func:`raw_detection_objects`), V errors, a scene
 plot, and a small command line (``python -m metagen_ppl.metacognition``).
@@ -56,6 +61,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import time
 from typing import Optional, Sequence
@@ -434,6 +440,23 @@ class _Fit:
                 break
         return total
 
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """Everything that changes during the search (the rest follows from data and settings)."""
+        return {"values": dict(self.values), "cats": self.cats, "active": self.active, "trace": self.trace,
+                "n_iter": self.n_iter, "round": self.round, "svi_elbo": [float(e) for e in self.svi_elbo]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` (bit-identical tensors)."""
+        self.values = {k: v.to(self.dtype) for k, v in state["values"].items()}
+        self.cats = state["cats"].to(torch.long)
+        self.active = state["active"].to(torch.bool)
+        self.trace = list(state["trace"])
+        self.n_iter = int(state["n_iter"])
+        self.round = int(state["round"])
+        self.svi_elbo = list(state["svi_elbo"])
+        self._em = None
+
 
 def _as_scenes(scenes, dtype) -> SceneSet:
     if isinstance(scenes, SceneSet):
@@ -445,7 +468,8 @@ def fit_metacognition(scenes, *, mode: str = "learn", V: Optional[dict] = None, 
                       max_iter: int = 100, tol: float = 1e-7, max_rounds: int = 20, max_objects: int = 8,
                       inner: str = "em", estep: str = "engine", scale: Optional[float] = None,
                       svi_steps: int = 200, svi_lr: float = 0.02, options: Optional[dict] = None,
-                      progress: bool = False, out=None, dtype=torch.float64) -> MetacognitionResult:
+                      progress: bool = False, out=None, checkpoint=None, resume: bool = False,
+                      dtype=torch.float64) -> MetacognitionResult:
     """Fit the detector model M3 to many scenes: V, and per scene the objects.
 
     Parameters
@@ -483,11 +507,32 @@ def fit_metacognition(scenes, *, mode: str = "learn", V: Optional[dict] = None, 
     progress : bool
         A progress bar over rounds.
     out : path, optional
-        Write the result JSON there after every round (and at the end).
+        Write the result JSON there after every round (and at the end), atomically: a kill
+        leaves the previous complete file, never a half-written one.
+    checkpoint : path, optional
+        Checkpoint file (:mod:`metagen_ppl.checkpoint`), rewritten atomically after the
+        initial E-step (round 0) and after every structure-search round: the search state
+        (locations, V, structure, trace, counters, RNG state), the round number, and a
+        fingerprint of the data and the settings. It is kept after the fit (marked done).
+    resume : bool
+        Continue from ``checkpoint`` (start afresh if it does not exist yet): the fit goes on
+        after the last finished round and ends with exactly the result of an uninterrupted
+        run (``wall_time_s`` counts both runs; ``info["resumed_from_round"]`` says where it
+        went on). A finished checkpoint returns its result at once; one that stopped at
+        ``max_rounds`` continues when ``max_rounds`` is raised.
 
     Returns
     -------
     MetacognitionResult
+
+    Raises
+    ------
+    metagen_ppl.checkpoint.CheckpointError
+        ``resume`` with a checkpoint written for other data or other settings (the message
+        names what differs: delete the file or run without ``resume``).
+    metagen_ppl.checkpoint.FitInterrupted
+        On Ctrl-C (a :class:`KeyboardInterrupt`): the last checkpoint is intact; the
+        exception says which round it holds.
     """
     t0 = time.perf_counter()
     if mode not in MODES:
@@ -500,7 +545,15 @@ def fit_metacognition(scenes, *, mode: str = "learn", V: Optional[dict] = None, 
                            ("max_objects", max_objects, 1), ("svi_steps", svi_steps, 1)):
         if isinstance(val, bool) or not isinstance(val, int) or val < lo_:
             raise MetagenError(f"{name} must be an integer >= {lo_}, got {val!r}")
+    for name, val, lo_ in (("tol", tol, 0.0), ("svi_lr", svi_lr, None)):
+        if (isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val)
+                or (val < lo_ if lo_ is not None else val <= 0)):
+            raise MetagenError(f"{name} must be a finite number {'>= 0' if lo_ is not None else '> 0'}, "
+                               f"got {val!r}")
     options = dict(options or {})
+    from .validate import check_options
+
+    check_options(options)
     C = int(options.get("num_categories", len(CATEGORIES)))
     sc = _as_scenes(scenes, dtype)
     if int(sc.categories.max()) >= C:
@@ -516,46 +569,112 @@ def fit_metacognition(scenes, *, mode: str = "learn", V: Optional[dict] = None, 
         raise MetagenError(f"V is only used with mode='fixed' (mode is {mode!r})")
     fit = _Fit(sc, mode=mode, V=V, K=max_objects, inner=inner, estep=estep, scale=scale, options=options,
                seed=seed, tol=tol, max_iter=max_iter, svi_steps=svi_steps, svi_lr=svi_lr)
-    ll, lj, _ = fit.estep()
-    fit.record("init", ll, lj)
+    if resume and checkpoint is None:
+        raise MetagenError("resume=True needs checkpoint=PATH (the file a previous run wrote)")
+    ck = None
+    if checkpoint is not None:
+        from .checkpoint import Checkpoint, hash_tensors
+
+        ck = Checkpoint(checkpoint, "metacognition", hash_tensors({"data": fit.data, "paths": list(sc.paths)}),
+                        _fit_settings(fit, V, scale, dtype))
+    state = ck.load() if (ck is not None and resume) else None
+    births_total = deaths_total = 0
+    converged = done = False
+    elapsed0 = 0.0
+    start = 1
+    if state is None:
+        ll, lj, _ = fit.estep()
+        fit.record("init", ll, lj)
+        if ck is not None:
+            _save(ck, fit, 0, False, False, False, 0, 0, time.perf_counter() - t0)
+    else:
+        from .checkpoint import set_rng_state
+
+        st = state["state"]
+        fit.load_state_dict(st["fit"])
+        births_total, deaths_total = int(st["births"]), int(st["deaths"])
+        converged, done = bool(st["converged"]), bool(st["finished"])
+        elapsed0 = float(st["elapsed_s"])
+        set_rng_state(st["rng"])
+        start = state["round"] + 1
+        if not done and state["round"] > max_rounds:
+            raise ck._refuse(f"holds round {state['round']}, beyond max_rounds = {max_rounds}: raise max_rounds "
+                             f"to at least {state['round']}")
+        done = done or state["round"] >= max_rounds
+        fit.round = state["round"]
     pbar = None
-    if progress:
+    if progress and not done:
         from tqdm.auto import tqdm
 
-        pbar = tqdm(total=max_rounds, desc=f"metacognition ({mode})", leave=False)
-    converged = False
-    births_total = deaths_total = 0
-    for rnd in range(1, max_rounds + 1):
-        fit.round = rnd
-        births = fit.moves(fit.birth_step)
-        if births:
-            ll, lj, _ = fit.estep()
-            fit.record("birth", ll, lj)
-        phase_ok = fit.continuous()
-        deaths = fit.moves(fit.death_step)
-        if deaths:
-            ll, lj, _ = fit.estep()
-            fit.record("death", ll, lj)
+        pbar = tqdm(total=max_rounds, initial=start - 1, desc=f"metacognition ({mode})", leave=False)
+    try:
+        for rnd in (range(start, max_rounds + 1) if not done else ()):
+            fit.round = rnd
+            births = fit.moves(fit.birth_step)
+            if births:
+                ll, lj, _ = fit.estep()
+                fit.record("birth", ll, lj)
             phase_ok = fit.continuous()
-        births_total += births
-        deaths_total += deaths
+            deaths = fit.moves(fit.death_step)
+            if deaths:
+                ll, lj, _ = fit.estep()
+                fit.record("death", ll, lj)
+                phase_ok = fit.continuous()
+            births_total += births
+            deaths_total += deaths
+            done = births == 0 and deaths == 0
+            converged = done and bool(phase_ok)
+            if ck is not None:
+                _save(ck, fit, rnd, done or rnd == max_rounds, done, converged, births_total, deaths_total,
+                      elapsed0 + time.perf_counter() - t0)
+            if pbar is not None:
+                pbar.update(1)
+                pbar.set_postfix(objects=int(fit.active.sum()), births=births, deaths=deaths)
+            if out is not None and not done:
+                _result(fit, t0, False, rnd, births_total, deaths_total, elapsed0).to_json(out)
+            if done:
+                break
+    except KeyboardInterrupt as e:
+        from .checkpoint import FitInterrupted
+
+        if isinstance(e, FitInterrupted):
+            raise
+        raise FitInterrupted(None if ck is None else ck.path, None if ck is None else ck.saved_round) from e
+    finally:
         if pbar is not None:
-            pbar.update(1)
-            pbar.set_postfix(objects=int(fit.active.sum()), births=births, deaths=deaths)
-        if out is not None:
-            _result(fit, t0, False, rnd, births_total, deaths_total).to_json(out)
-        if births == 0 and deaths == 0:
-            converged = bool(phase_ok)
-            break
-    if pbar is not None:
-        pbar.close()
-    res = _result(fit, t0, converged, fit.round, births_total, deaths_total)
+            pbar.close()
+    res = _result(fit, t0, converged, fit.round, births_total, deaths_total, elapsed0)
+    if state is not None:
+        res.info["resumed_from_round"] = state["round"]
     if out is not None:
         res.to_json(out)
     return res
 
 
-def _result(fit: _Fit, t0, converged, n_rounds, births, deaths) -> MetacognitionResult:
+def _fit_settings(fit: _Fit, V, scale, dtype) -> dict:
+    """The settings a checkpoint of ``fit`` is valid for (``max_rounds`` is not one: it may be raised)."""
+    out = {"mode": fit.mode, "inner": fit.inner, "estep": fit.estep_kind, "max_objects": fit.K, "tol": fit.tol,
+           "max_iter": fit.max_iter, "scale": scale, "options": {k: v for k, v in fit.hyper.items()},
+           "dtype": str(dtype).replace("torch.", "")}
+    if fit.inner == "svi":
+        out.update(seed=fit.seed, svi_steps=fit.svi_steps, svi_lr=fit.svi_lr)
+    if V is not None:
+        out["V"] = {k: V[k] for k in ("rates", "hallucination", "scale") if V.get(k) is not None}
+    return out
+
+
+def _save(ck, fit: _Fit, rnd, done, finished, converged, births, deaths, elapsed) -> None:
+    """Checkpoint after round ``rnd``: ``finished`` = the search stopped by itself (no move), ``done``
+    = finished or ``max_rounds`` reached."""
+    from .checkpoint import rng_state
+
+    ck.save(rnd, {"fit": fit.state_dict(), "births": births, "deaths": deaths, "converged": converged,
+                  "finished": finished,
+                  "elapsed_s": elapsed, "rng": rng_state()}, done=done,
+            extra={"num_objects": int(fit.active.sum()), "n_iter": fit.n_iter})
+
+
+def _result(fit: _Fit, t0, converged, n_rounds, births, deaths, elapsed0=0.0) -> MetacognitionResult:
     ll, lj, resp = fit.estep()
     score = float(fit.direct()[2].sum())
     v = fit.full_values()
@@ -570,7 +689,7 @@ def _result(fit: _Fit, t0, converged, n_rounds, births, deaths) -> Metacognition
         mode=fit.mode, inner=fit.inner, V=V,
         scenes=_scene_objects(fit.scenes.paths, v["locs"], fit.cats, fit.active), trace=list(fit.trace),
         log_likelihood=float(ll), log_joint=float(lj), score=score, n_iter=fit.n_iter, n_rounds=n_rounds,
-        converged=converged, wall_time_s=time.perf_counter() - t0, params=params,
+        converged=converged, wall_time_s=elapsed0 + time.perf_counter() - t0, params=params,
         responsibilities=resp.detach(), info=info)
 
 
@@ -740,8 +859,10 @@ def plot_scene(path, scenes: SceneSet, index: int, *, inferred: Optional[Sequenc
               "circles: truth, x: inferred", title_fontsize=7)
     ax.set_title(title or f"scene {scenes.paths[index]}")
     if fig is not None:
+        from .evaluate import atomic_savefig
+
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        atomic_savefig(fig, path, dpi=110)
 
 
 # --------------------------------------------------------------------------- command line
@@ -767,12 +888,26 @@ def _summary(res: MetacognitionResult, sc: SceneSet) -> list:
     return lines
 
 
-def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m metagen_ppl.metacognition") -> int:
-    """``metagen-ppl metacognition simulate|fit ...`` (exit 0 ok, 2 bad input)."""
-    from .io import load_json
+class _ArgError(Exception):
+    """An argparse usage error, reported on one line by :func:`main`."""
 
-    p = argparse.ArgumentParser(prog=prog,
-                                description="Learn a detector's metacognition (model M3) across scenes.")
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # no usage block: one line, exit code 2 (handled in main)
+        raise _ArgError(f"{message} (see '{self.prog} --help')")
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m metagen_ppl.metacognition") -> int:
+    """``metagen-ppl metacognition simulate|fit ...`` (exit 0 ok, 2 bad input, 130 interrupted).
+
+    ``fit --out FILE`` checkpoints after every round to ``FILE.checkpoint.json`` (``--checkpoint``,
+    ``--no-checkpoint``); after Ctrl-C it prints one line saying how to resume, and ``--resume``
+    continues from the last finished round to the result an uninterrupted run gives.
+    """
+    from .io import check_output_path, load_json
+
+    p = _OneLineParser(prog=prog, description="Learn a detector's metacognition (model M3) across scenes.")
+    p.add_argument("--debug", action="store_true", help="print the full traceback on errors (anywhere on the line)")
     sub = p.add_subparsers(dest="command", required=True)
     q = sub.add_parser("simulate", help="simulate scenes in the multi-scene JSON format")
     q.add_argument("--num-scenes", type=int, default=100)
@@ -793,15 +928,32 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m metagen_pp
     f.add_argument("--tol", type=float, default=1e-7)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--progress", action="store_true")
-    f.add_argument("--out", "-o", default=None, help="result JSON (objects per scene, V, trace)")
-    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    f.add_argument("--out", "-o", default=None,
+                   help="result JSON (objects per scene, V, trace), rewritten atomically after every round")
+    f.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="checkpoint file, rewritten atomically after every structure-search round "
+                        "(default: OUT.checkpoint.json when --out is given; none otherwise)")
+    f.add_argument("--no-checkpoint", action="store_true", help="write no checkpoint")
+    f.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint of an interrupted run of the same command (same data and "
+                        "settings; a different checkpoint is refused); the result equals an uninterrupted run's")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    err_prog = "metagen-ppl" if prog.startswith("metagen-ppl") else prog
+    try:
+        args = p.parse_args([a for a in argv if a != "--debug"])
+    except _ArgError as e:
+        print(f"{err_prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     try:
         if args.command == "simulate":
             from .scenes import write_scenes
 
+            check_output_path(args.out)
             kw = {}
             if args.V:
-                V = parse_V(load_json(args.V).get("V", load_json(args.V)), args.V)
+                obj = load_json(args.V)
+                V = parse_V(obj.get("V", obj) if isinstance(obj, dict) else obj, args.V)
                 kw = {"rates": V["rates"].tolist(), "hallucination": V["hallucination"].tolist()}
             scenes = _dm().simulate(args.num_scenes, args.num_frames, args.seed, scale=args.scale,
                                     emission=args.emission, **kw)
@@ -813,16 +965,38 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m metagen_pp
         if args.V:
             obj = load_json(args.V)
             V = parse_V(obj.get("V", obj) if isinstance(obj, dict) else obj, args.V)
+        ckpt = None if args.no_checkpoint else (args.checkpoint or (args.out + ".checkpoint.json" if args.out
+                                                                     else None))
+        for target in (args.out, ckpt):  # fail before the fit, not after its first round
+            if target:
+                check_output_path(target)
+        if args.resume and ckpt is None:
+            raise MetagenError("--resume needs the checkpoint of the earlier run: give the same --out (or "
+                               "--checkpoint PATH), without --no-checkpoint")
+        if args.resume and not os.path.exists(ckpt):
+            print(f"no checkpoint at {ckpt} yet: starting afresh", file=sys.stderr)
         res = fit_metacognition(sc, mode=args.mode, V=V, inner=args.inner, max_rounds=args.max_rounds,
                                 max_iter=args.max_iter, max_objects=args.max_objects, tol=args.tol,
-                                seed=args.seed, progress=args.progress, out=args.out)
+                                seed=args.seed, progress=args.progress, out=args.out, checkpoint=ckpt,
+                                resume=args.resume)
         print("\n".join(_summary(res, sc)))
         if args.out:
             print(f"-> {args.out}")
         return 0
-    except MetagenError as e:
-        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+    except (MetagenError, OSError) as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(e, OSError):
+            where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+            e = f"cannot access{where}: {e.strerror or e}"
+        print(f"{err_prog}: error: {' '.join(str(e).split('Trace Shapes:')[0].split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        detail = getattr(e, "detail", None) or "interrupted"
+        print(f"{prog}: {detail}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
