@@ -47,10 +47,23 @@ HALF_FOV = math.radians(FOV_DEG / 2)
 _CENTRE = IMAGE_SIZE / 2
 
 
-def _as_tensor(x) -> torch.Tensor:
+def _as_tensor(x, name: str = "input") -> torch.Tensor:
     if torch.is_tensor(x):
         return x if x.is_floating_point() else x.to(torch.get_default_dtype())
-    return torch.as_tensor(x, dtype=torch.get_default_dtype())
+    try:
+        return torch.as_tensor(x, dtype=torch.get_default_dtype())
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise DataError(f"{name} must be a tensor or nested lists of numbers of equal lengths, got "
+                        f"{type(x).__name__} ({e})") from None
+
+
+def _check_broadcast(**tensors) -> None:
+    """:class:`DataError` naming the arguments whose batch shapes (all but the last dim) do not broadcast."""
+    try:
+        torch.broadcast_shapes(*(t.shape[:-1] for t in tensors.values()))
+    except RuntimeError:
+        shapes = ", ".join(f"{k} {tuple(t.shape)}" for k, t in tensors.items())
+        raise DataError(f"shapes do not broadcast: {shapes} (leading dimensions must match or be 1)") from None
 
 
 def _check_last_dim(x: torch.Tensor, size: int, name: str) -> None:
@@ -71,9 +84,10 @@ def camera_frame(cam, look):
     f, right, up : (..., 3) tensors
         Unit viewing direction, image right and image up directions.
     """
-    cam, look = _as_tensor(cam), _as_tensor(look)
+    cam, look = _as_tensor(cam, "cam"), _as_tensor(look, "look")
     _check_last_dim(cam, 3, "cam")
     _check_last_dim(look, 3, "look")
+    _check_broadcast(cam=cam, look=look)
     d = look - cam
     dx, dy, dz = d.unbind(-1)
     f = d / d.norm(dim=-1, keepdim=True)
@@ -105,9 +119,10 @@ def project(points, cam, look):
     depth : (...) tensor
         Distance along the viewing direction, ``(p - cam) . f``.
     """
-    points = _as_tensor(points)
+    points = _as_tensor(points, "points")
     _check_last_dim(points, 3, "points")
     f, right, up = camera_frame(cam, look)
+    _check_broadcast(points=points, cam=f)
     s = points - _as_tensor(cam)
     depth = (s * f).sum(-1)
     x = (s * right).sum(-1)
@@ -133,8 +148,9 @@ def visible(pixels, depth):
         ``depth > 0`` and ``0 <= px <= 256`` and ``0 <= py <= 256`` (borders
         inclusive, as in the original MetaGen code).
     """
-    pixels, depth = _as_tensor(pixels), _as_tensor(depth)
+    pixels, depth = _as_tensor(pixels, "pixels"), _as_tensor(depth, "depth")
     _check_last_dim(pixels, 2, "pixels")
+    _check_broadcast(pixels=pixels, depth=depth.unsqueeze(-1))
     inside = ((pixels >= 0) & (pixels <= IMAGE_SIZE)).all(dim=-1)
     return inside & (depth > 0)
 
@@ -170,13 +186,14 @@ def pixel_to_ray(pixels, cam, look):
     DataError
         If a pixel lies at 90 degrees or more from the optical axis.
     """
-    pixels = _as_tensor(pixels)
+    pixels = _as_tensor(pixels, "pixels")
     _check_last_dim(pixels, 2, "pixels")
     offset = (pixels - _CENTRE).abs()
     if bool((offset >= _MAX_OFFSET).any()):
         raise DataError(f"pixel_to_ray: pixels must lie within {_MAX_OFFSET:.1f} px of the image "
                         f"centre along each axis (viewing angle below 90 degrees)")
     f, right, up = camera_frame(cam, look)
+    _check_broadcast(pixels=pixels, cam=f)
     a = (pixels[..., 0] - _CENTRE) / _CENTRE * HALF_FOV
     b = (_CENTRE - pixels[..., 1]) / _CENTRE * HALF_FOV
     ray = f + torch.tan(a).unsqueeze(-1) * right + torch.tan(b).unsqueeze(-1) * up
@@ -214,15 +231,25 @@ def triangulate(rays_origins, rays_dirs, weights=None, *, return_condition: bool
     point : (..., 3) tensor
     condition : (...) tensor, only if ``return_condition``
     """
-    o, u = torch.broadcast_tensors(_as_tensor(rays_origins), _as_tensor(rays_dirs))
+    o, u = _as_tensor(rays_origins, "rays_origins"), _as_tensor(rays_dirs, "rays_dirs")
     _check_last_dim(o, 3, "rays_origins")
+    _check_last_dim(u, 3, "rays_dirs")
+    _check_broadcast(rays_origins=o, rays_dirs=u)
+    o, u = torch.broadcast_tensors(o, u)
     if o.dim() < 2:
         raise DataError(f"triangulate needs rays of shape (..., N, 3), got {tuple(o.shape)}")
     u = u / u.norm(dim=-1, keepdim=True)
     if weights is None:
         w = torch.ones(o.shape[:-1], dtype=o.dtype, device=o.device)
     else:
-        w = _as_tensor(weights).to(o.dtype).expand(o.shape[:-1])
+        w = _as_tensor(weights, "weights").to(o.dtype)
+        try:
+            w = w.expand(o.shape[:-1])
+        except RuntimeError:
+            raise DataError(f"weights of shape {tuple(w.shape)} do not match the rays' "
+                            f"{tuple(o.shape[:-1])}") from None
+        if bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
+            raise DataError("triangulate: weights must be finite and non-negative")
     eye = torch.eye(3, dtype=o.dtype, device=o.device)
     proj = eye - u.unsqueeze(-1) * u.unsqueeze(-2)                    # (..., N, 3, 3)
     wsum = w.sum(-1).clamp_min(torch.finfo(o.dtype).tiny)

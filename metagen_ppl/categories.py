@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 import time
 import warnings
@@ -73,7 +74,7 @@ from .enumeration import EnumeratedModel
 from .errors import MetagenError, ModelError
 from .registry import ModelSpec, load_model
 from .result import FitResult
-from .validate import check_data, check_num_objects
+from .validate import check_data, check_num_objects, check_options
 
 #: Largest number of category vectors ``C^K`` that ``enumerate`` (and SVI/MCMC) will sum over.
 MAX_ENUMERATED_CONFIGS = 4096
@@ -95,10 +96,19 @@ def _dtype(data):
 def _prepare(model, data, num_objects, learn_confusion, options):
     """Resolve the spec, validate, and settle whether ``A`` is learned."""
     spec = load_model(model)
+    try:
+        params = inspect.signature(spec.model).parameters
+    except (TypeError, ValueError):
+        params = None
+    if params is not None and "num_categories" not in params and not any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        raise ModelError(f"model {spec.name!r} has no per-object category sites (no num_categories option); "
+                         "the category strategies need a model like 'categorical'")
     check_data(data)
     check_num_objects(num_objects, data)
     cm = _cm()
     options = dict(options or {})
+    check_options(options, num_objects)
     C = cm.check_categorical_data(data, num_objects, **options)
     options.setdefault("num_categories", C)
     init_confusion = None

@@ -30,7 +30,7 @@ import torch
 from .errors import DataError, MetagenError
 
 __all__ = ["atomic_write_text", "atomic_write_json", "load_json", "data_from_json", "save_data",
-           "to_jsonable"]
+           "to_jsonable", "check_output_path"]
 
 
 # --------------------------------------------------------------------------- writing
@@ -43,8 +43,17 @@ def atomic_write_text(path, text: str) -> None:
     Missing parent directories are created.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise DataError(f"cannot write {path!r}: it is a directory; give a file name")
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DataError(f"cannot write {path!r}: cannot create directory {directory!r}, "
+                        "a file is in the way") from None
+    except OSError as e:
+        raise DataError(f"cannot write {path!r}: cannot create directory {directory!r}: "
+                        f"{e.strerror or e}") from None
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -58,6 +67,19 @@ def atomic_write_text(path, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+def check_output_path(path) -> None:
+    """Fail early (before a long run) if ``path`` cannot become a file: it is a directory, or
+    a file stands where one of its parent directories should be. Creates nothing."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise DataError(f"cannot write {path!r}: it is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise DataError(f"cannot write {path!r}: a file is in the way ({parent!r} is not a directory)")
 
 
 def to_jsonable(obj):
@@ -92,9 +114,12 @@ def save_data(path, obj) -> None:
 # --------------------------------------------------------------------------- reading
 def load_json(path):
     """Parse a JSON file; :class:`DataError` naming the file (and line/column) if it cannot be read."""
-    path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as fh:
+        path = os.fspath(path)
+    except TypeError:
+        raise DataError(f"a JSON file name (str or os.PathLike) is needed, got {type(path).__name__}") from None
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
             text = fh.read()
     except FileNotFoundError:
         raise DataError(f"cannot read file {path!r}: it does not exist") from None
@@ -104,6 +129,8 @@ def load_json(path):
         raise DataError(f"file {path!r} is not UTF-8 text (byte {e.start}); expected JSON") from None
     except OSError as e:
         raise DataError(f"cannot read file {path!r}: {e.strerror or e}") from None
+    if not text.strip():
+        raise DataError(f"file {path!r} is empty{' (only whitespace)' if text else ''}; expected JSON")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -116,42 +143,48 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _check_observations(obs, source: str, dim: Optional[int]) -> list:
+def _check_observations(obs, source: Optional[str], dim: Optional[int]) -> list:
+    at = f"{source}: " if source else ""
     if not isinstance(obs, list) or not obs:
         what = "an empty list" if isinstance(obs, list) else type(obs).__name__
-        raise DataError(f"{source}: 'observations' must be a non-empty list of [x, y, z] rows, got {what}")
+        raise DataError(f"{at}'observations' must be a non-empty list of [x, y, z] rows, got {what}")
     width = None
     for i, row in enumerate(obs):
         if not isinstance(row, list) or not row:
-            raise DataError(f"{source}: observation row {i} must be a non-empty list of numbers, got {row!r:.60}")
+            raise DataError(f"{at}observation row {i} must be a non-empty list of numbers, got {row!r:.60}")
         if width is None:
             width = len(row)
             if dim is not None and width != dim:
-                raise DataError(f"{source}: observation rows must have {dim} coordinates, "
+                raise DataError(f"{at}observation rows must have {dim} coordinates, "
                                 f"row 0 has {width}")
         elif len(row) != width:
-            raise DataError(f"{source}: observation row {i} has {len(row)} coordinates, "
+            raise DataError(f"{at}observation row {i} has {len(row)} coordinates, "
                             f"row 0 has {width}; all rows must have the same length")
         for j, v in enumerate(row):
             if not _is_number(v):
-                raise DataError(f"{source}: observation row {i} column {j} is not a number: {v!r:.40}")
-            if not math.isfinite(v):
-                raise DataError(f"{source}: observation row {i} contains {v} (column {j}); "
+                raise DataError(f"{at}observation row {i} column {j} is not a number: {v!r:.40}")
+            try:
+                finite = math.isfinite(v)
+            except OverflowError:  # an integer beyond the float range
+                finite, v = False, float("inf") if v > 0 else float("-inf")
+            if not finite:
+                raise DataError(f"{at}observation row {i} contains {v} (column {j}); "
                                 "values must be finite: remove or impute that row")
     return obs
 
 
-def _check_categories(cats, n: int, source: str) -> list:
+def _check_categories(cats, n: int, source: Optional[str]) -> list:
+    at = f"{source}: " if source else ""
     if not isinstance(cats, list):
-        raise DataError(f"{source}: 'categories' must be a list of integers, got {type(cats).__name__}")
+        raise DataError(f"{at}'categories' must be a list of integers, got {type(cats).__name__}")
     if len(cats) != n:
-        raise DataError(f"{source}: 'categories' has {len(cats)} entries but there are {n} observations; "
+        raise DataError(f"{at}'categories' has {len(cats)} entries but there are {n} observations; "
                         "give one category per observation")
     for i, c in enumerate(cats):
         if isinstance(c, bool) or not isinstance(c, int):
-            raise DataError(f"{source}: category {i} must be a non-negative integer, got {c!r:.40}")
+            raise DataError(f"{at}category {i} must be a non-negative integer, got {c!r:.40}")
         if c < 0:
-            raise DataError(f"{source}: category {i} is {c}; categories must be non-negative integers")
+            raise DataError(f"{at}category {i} is {c}; categories must be non-negative integers")
     return cats
 
 
@@ -184,10 +217,14 @@ def data_from_json(obj, spec=None, dtype=torch.float64, source: str = "<data>", 
         On a missing field, ragged or non-numeric rows, NaN/inf (naming the
         row), or categories of the wrong length or sign.
     """
-    if not isinstance(obj, dict):
-        raise DataError(f"{source}: a data file must hold a JSON object with an 'observations' list, "
-                        f"got {type(obj).__name__}")
     hook = getattr(spec, "data_from_json", None) if spec is not None else None
+    if not isinstance(obj, dict) and hook is None:
+        hint = ""
+        if isinstance(obj, list) and obj and isinstance(obj[0], dict) and "views" in obj[0]:
+            hint = ("; this is a list of videos/scenes: fit MetaGen detector files with 'metagen-ppl "
+                    "evaluate' and 3D multi-scene files with 'metagen-ppl metacognition fit'")
+        raise DataError(f"{source}: a data file must hold a JSON object with an 'observations' list, "
+                        f"got {type(obj).__name__}{hint}")
     if hook is not None:
         try:
             data = hook(obj, dtype)
@@ -218,4 +255,6 @@ def num_objects_from_json(obj, source: str = "<data>") -> Optional[int]:
     k = obj["num_objects"]
     if isinstance(k, bool) or not isinstance(k, int):
         raise DataError(f"{source}: 'num_objects' must be an integer, got {k!r:.40}")
+    if k < 1:
+        raise DataError(f"{source}: 'num_objects' must be at least 1, got {k}")
     return k

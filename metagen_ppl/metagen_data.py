@@ -410,7 +410,10 @@ def parse_videos(obj, *, score_threshold: Optional[float] = None, top_n: Optiona
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
         raise DataError(f"top_n must be a non-negative integer or None, got {top_n!r}")
     if not isinstance(obj, list):
-        raise DataError(f"MetaGen data must be a JSON list of videos, got {type(obj).__name__}")
+        hint = ""
+        if isinstance(obj, dict) and "observations" in obj:
+            hint = " (this is a single-scene data file: fit it with 'metagen-ppl fit')"
+        raise DataError(f"MetaGen data must be a JSON list of videos, got {type(obj).__name__}{hint}")
     if not obj:
         raise DataError("MetaGen data contains no videos (empty list)")
     for v, video in enumerate(obj):
@@ -496,9 +499,11 @@ def load_videos(source, *, score_threshold: Optional[float] = None, top_n: Optio
     """
     if isinstance(source, (str, os.PathLike)):
         obj = load_json(source)
-    else:
-        obj = source
-    return parse_videos(obj, score_threshold=score_threshold, top_n=top_n, dtype=dtype)
+        try:
+            return parse_videos(obj, score_threshold=score_threshold, top_n=top_n, dtype=dtype)
+        except DataError as e:  # name the file as well as the video and frame
+            raise DataError(f"{os.fspath(source)}: {e}") from None
+    return parse_videos(source, score_threshold=score_threshold, top_n=top_n, dtype=dtype)
 
 
 def batch_videos(videos: list) -> VideoBatch:

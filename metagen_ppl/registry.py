@@ -19,6 +19,10 @@ and optionally
     the fast-path M-step: new values of the sites it knows in closed form
     (``marginals``: each enumerated site's posterior; a hook with an ``estep``
     parameter also receives the whole :class:`~metagen_ppl.enumeration.EStep`);
+``reseed_empty(data, marginals, params, num_objects, *, threshold, skip, **options)``
+    a new start for a component that lost all responsibility (read from the
+    module by :func:`~metagen_ppl.em.fit_em` with ``empty="reinit"``; see
+    :mod:`metagen_ppl.em`);
 ``data_from_json(obj, dtype) -> dict``
     converts a parsed JSON data file to the model's ``data`` dict;
 ``COMPONENT_SITES``

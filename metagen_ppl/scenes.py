@@ -216,8 +216,15 @@ def parse_scenes(obj, *, box=None, score_threshold: Optional[float] = None, top_
     DataError
         Naming the scene and frame of the first malformed field.
     """
+    if score_threshold is not None:
+        score_threshold = _num(score_threshold, "score_threshold", "value")
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
+        raise DataError(f"top_n must be a non-negative integer or None, got {top_n!r}")
     if not isinstance(obj, list):
-        raise DataError(f"multi-scene data must be a JSON list of scenes, got {type(obj).__name__}")
+        hint = ""
+        if isinstance(obj, dict) and "observations" in obj:
+            hint = " (this is a single-scene data file: fit it with 'metagen-ppl fit')"
+        raise DataError(f"multi-scene data must be a JSON list of scenes, got {type(obj).__name__}{hint}")
     if not obj:
         raise DataError("multi-scene data contains no scenes (empty list)")
     stats = Counter()
@@ -355,9 +362,11 @@ def load_scenes(source, **kwargs) -> SceneSet:
         return source
     if isinstance(source, (str, os.PathLike)):
         obj = load_json(source)
-    else:
-        obj = source
-    return parse_scenes(obj, **kwargs)
+        try:
+            return parse_scenes(obj, **kwargs)
+        except DataError as e:  # name the file as well as the scene and frame
+            raise DataError(f"{os.fspath(source)}: {e}") from None
+    return parse_scenes(source, **kwargs)
 
 
 def write_scenes(path, scenes: list) -> None:
