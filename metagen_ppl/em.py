@@ -12,6 +12,19 @@
 until the relative change of the log joint ``log p(x | theta) + log p(theta)``
 falls below ``tol``; ``num_inits`` restarts keep the best; the returned
 posteriors come from a final E-step at the returned parameters.
+
+Empty components. After each E-step, a model module may re-seed a component
+that lost all responsibility, through an optional hook
+
+``reseed_empty(data, marginals, params, num_objects, *, threshold, skip, **options)``
+    returns ``(updates, k)``: new values of some sites that move the first empty
+    component ``k`` not in ``skip`` (``N_k <= threshold * N``), or ``({}, None)``.
+
+The engine accepts a proposal only if the log joint at it is at least the
+current one (see :func:`fit_em`'s ``empty``), so the trace stays monotone.
+
+Precision. :func:`bind` (shared with SVI and MCMC) converts the data and the
+options to the requested ``dtype``; everything downstream follows the data's dtype.
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ from pyro import poutine
 from pyro.distributions.transforms import biject_to
 
 from .enumeration import EnumeratedModel, EStep
-from .errors import MetagenError, ModelError
+from .errors import DataError, MetagenError, ModelError
 from .registry import ModelSpec, load_model
 from .result import FitResult
 from .util import seeded
@@ -41,16 +54,75 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, leave=False)
 
 
-def bind(spec: ModelSpec, data: dict, num_objects, options: Optional[dict]):
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_dtype(dtype, data: Optional[dict] = None) -> torch.dtype:
+    """The floating dtype a fit runs in.
+
+    Parameters
+    ----------
+    dtype : None, str or torch.dtype
+        ``None``: the dtype of the data's first floating tensor (the default
+        dtype if it has none); ``"float32"``/``"float64"`` or
+        ``torch.float32``/``torch.float64``: that one. Half precisions are
+        refused (Pyro's distributions and the E-step's sums are not written for them).
+    data : dict, optional
+
+    Raises
+    ------
+    MetagenError
+        For any other value.
+    """
+    if dtype is None:
+        for v in (data or {}).values():
+            if torch.is_tensor(v) and v.is_floating_point():
+                return v.dtype
+        return torch.get_default_dtype()
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    raise MetagenError(f"unknown dtype {dtype!r}; choose None (the data's dtype), 'float32' or 'float64'")
+
+
+def _convert(value, dtype):
+    """Floating tensors (also inside lists, tuples and dicts) to ``dtype``; the rest unchanged."""
+    if torch.is_tensor(value):
+        return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
+    if isinstance(value, dict):
+        return {k: _convert(v, dtype) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and any(torch.is_tensor(v) or isinstance(v, (dict, list, tuple))
+                                                for v in value):
+        return type(value)(_convert(v, dtype) for v in value)
+    return value
+
+
+def bind(spec: ModelSpec, data: dict, num_objects, options: Optional[dict], dtype=None):
     """Validate ``data`` and ``K`` and bind them to the model: ``(EnumeratedModel, K, dtype)``.
 
-    The one set-up shared by every inference method (EM, SVI, MCMC).
+    The one set-up shared by every inference method (EM, SVI, MCMC). With a
+    ``dtype`` (see :func:`resolve_dtype`) every floating tensor of ``data`` and
+    ``options`` is converted to it first, so the whole fit runs in that
+    precision; ``em.data`` holds the converted data (pass it, not ``data``, to
+    anything that runs the model). With ``dtype=None`` nothing is converted and
+    the data's dtype rules.
     """
     check_data(data)
     check_num_objects(num_objects, data)
     num_objects = int(num_objects)
-    em = EnumeratedModel(spec.model, data, num_objects, dict(options or {}))
-    dtype = next(v for v in data.values() if torch.is_tensor(v) and v.is_floating_point()).dtype
+    options = dict(options or {})
+    if dtype is not None:
+        dtype = resolve_dtype(dtype)
+        data = _convert(dict(data), dtype)
+        options = _convert(options, dtype)
+        for key, value in data.items():
+            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+                raise DataError(f"data[{key!r}] does not fit in {dtype} (values overflow to inf); "
+                                "rescale the data or use float64")
+    else:
+        dtype = resolve_dtype(None, data)
+    em = EnumeratedModel(spec.model, data, num_objects, options)
     return em, num_objects, dtype
 
 
@@ -132,7 +204,40 @@ def optimizer_mstep(em: EnumeratedModel, values: dict, est: EStep, names, *,
     return new
 
 
-def _single_run(spec, em, init, *, mstep, optimizer, optimizer_steps, tol, max_iter, pbar):
+def _reseed(spec, em, values, est, it, *, threshold, done, events, rejected):
+    """Offer every empty component, one at a time, to the model's ``reseed_empty`` hook.
+
+    A proposal is accepted only if the log joint at it (a fresh E-step) is not
+    lower than the current one, so the EM trace stays monotone. Each component is
+    offered at most once per run (``done``): accepted moves go to ``events``,
+    refused ones to ``rejected`` (that component is kept as it is).
+    """
+    hook = getattr(spec.module, "reseed_empty", None)
+    if hook is None:
+        return values, est, False
+    changed = False
+    while True:
+        upd, k = hook(em.data, est.marginals, values, em.num_objects, threshold=threshold,
+                      skip=frozenset(done), **em.options)
+        if k is None:
+            return values, est, changed
+        k = int(k)
+        done.add(k)
+        proposal = dict(values)
+        proposal.update({n: v.detach() for n, v in upd.items() if n in em.latents})
+        try:
+            est_new = em.estep(proposal)
+        except ModelError:
+            est_new = None
+        if est_new is not None and est_new.log_joint >= est.log_joint:
+            values, est, changed = proposal, est_new, True
+            events.append((it, k))
+        else:
+            rejected.append((it, k))
+
+
+def _single_run(spec, em, init, *, mstep, optimizer, optimizer_steps, tol, max_iter, pbar,
+                empty="reinit", empty_threshold=1e-8):
     values = dict(init)
     closed = spec.closed_form_mstep if mstep in ("auto", "closed") else None
     # a closed form that needs joint factor marginals may take the whole E-step
@@ -142,6 +247,7 @@ def _single_run(spec, em, init, *, mstep, optimizer, optimizer_steps, tol, max_i
     q_trace = []
     converged = False
     n_iter = 0
+    done, events, rejected = set(), [], []
     for it in range(1, max_iter + 1):
         rest = list(em.latents)
         if closed is not None:
@@ -156,20 +262,26 @@ def _single_run(spec, em, init, *, mstep, optimizer, optimizer_steps, tol, max_i
                 q_trace.append(float(em.q_value(values, est)))
         prev = est.log_joint
         est = em.estep(values)
+        moved = False
+        if empty == "reinit":
+            # the trace records the log joint after any accepted re-seed (never lower)
+            values, est, moved = _reseed(spec, em, values, est, it, threshold=empty_threshold,
+                                         done=done, events=events, rejected=rejected)
         trace.append(est.log_joint)
         n_iter = it
         if pbar is not None:
             pbar.update(1)
             pbar.set_postfix(log_joint=f"{est.log_joint:.4g}")
-        if abs(est.log_joint - prev) <= tol * max(abs(est.log_joint), 1.0):
+        if not moved and abs(est.log_joint - prev) <= tol * max(abs(est.log_joint), 1.0):
             converged = True
             break
-    return values, est, trace, q_trace, n_iter, converged
+    return values, est, trace, q_trace, n_iter, converged, events, rejected
 
 
 def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int = 1,
            mstep: str = "auto", optimizer: str = "lbfgs", optimizer_steps: int = 50,
            tol: float = 1e-6, max_iter: int = 200, init: Optional[dict] = None,
+           dtype=None, empty: str = "reinit", empty_threshold: float = 1e-8,
            progress: bool = False, options: Optional[dict] = None) -> FitResult:
     """Fit a model by (MAP-)EM.
 
@@ -181,7 +293,10 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
     model : str, path or ModelSpec
         A built-in model name (``"baseline"``), a ``.py`` path, or a loaded spec.
     data : dict of str -> tensor
-        Observed tensors, e.g. ``{"x": (N, 3)}``; their dtype sets the precision.
+        Observed tensors, e.g. ``{"x": (N, 3)}``; their dtype sets the precision
+        unless ``dtype`` is given. The models' priors are in data units (see
+        each model's docstring): data on a very different scale (1e-6, 1e6) is
+        fitted without overflow, but the estimate is then pulled towards the prior.
     num_objects : int
         ``K``, number of objects.
     seed : int
@@ -198,14 +313,33 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
     max_iter : int
     init : dict, optional
         Starting values (overrides the initialisation of the first restart).
+    dtype : None, "float32", "float64" or torch.dtype
+        Precision of the fit. ``None`` (default) keeps the data's dtype;
+        otherwise every floating tensor of ``data``, ``options`` and ``init`` is
+        converted first, and the result's tensors are in that dtype.
+    empty : {"reinit", "keep"}
+        What to do with a component that loses all responsibility
+        (``N_k <= empty_threshold * N`` after an E-step). ``"reinit"`` (default)
+        offers it, once per run, to the model's ``reseed_empty`` hook (the
+        baseline moves it onto the worst-explained observation); the move is kept
+        only if it does not lower the log joint, so the trace never decreases.
+        A refused move leaves the component empty (weight ~ 0: it is in effect
+        dropped, though ``K`` stays). ``"keep"`` never re-seeds. Models without
+        the hook keep empty components either way.
+    empty_threshold : float
+        Relative threshold on ``N_k`` for a component to count as empty.
     options : dict, optional
         Keyword arguments of the model (e.g. ``{"scale": 0.5}`` to fix the noise).
 
     Returns
     -------
     FitResult
-        ``trace`` is the log joint per iteration (the initial point first);
-        ``info["restart_log_joint"]`` the final objective of every restart.
+        ``trace`` is the log joint per iteration (the initial point first; after
+        an accepted re-seed, the value after it); ``info["restart_log_joint"]``
+        the final objective of every restart; ``info["reinitialised"]`` and
+        ``info["reinit_rejected"]`` the ``(iteration, component)`` pairs of
+        accepted and refused re-seeds of the returned run (a RuntimeWarning
+        reports them).
     """
     spec = load_model(model)
     if mstep not in ("auto", "closed", "optimizer"):
@@ -214,8 +348,10 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
         raise ModelError(f"model {spec.name!r} registers no closed-form M-step; use mstep='optimizer'")
     if num_inits < 1 or max_iter < 1:
         raise MetagenError("num_inits and max_iter must be at least 1")
+    if empty not in ("reinit", "keep"):
+        raise MetagenError(f"unknown empty {empty!r}; choose 'reinit' or 'keep'")
     t0 = time.perf_counter()
-    em, num_objects, dtype = bind(spec, data, num_objects, options)
+    em, num_objects, dtype = bind(spec, data, num_objects, options, dtype)
     best = None
     restart_scores = []
     pbar = _progress(max_iter * num_inits, f"EM {spec.name}", progress)
@@ -223,16 +359,27 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
         gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + r)
         start = initial_values(spec, em, gen, dtype, init if r == 0 else None)
         run = _single_run(spec, em, start, mstep=mstep, optimizer=optimizer,
-                          optimizer_steps=optimizer_steps, tol=tol, max_iter=max_iter, pbar=pbar)
+                          optimizer_steps=optimizer_steps, tol=tol, max_iter=max_iter, pbar=pbar,
+                          empty=empty, empty_threshold=empty_threshold)
         restart_scores.append(run[1].log_joint)
         if best is None or run[1].log_joint > best[1].log_joint:
             best = run
     if pbar is not None:
         pbar.close()
-    values, est, trace, q_trace, n_iter, converged = best
+    values, est, trace, q_trace, n_iter, converged, events, rejected = best
     if not converged:
         warnings.warn(f"EM stopped at max_iter={max_iter} before reaching tol={tol}; "
                       "raise max_iter or loosen tol", RuntimeWarning, stacklevel=2)
+    if events or rejected:
+        msg = []
+        if events:
+            msg.append(f"re-initialised empty component(s) at (iteration, component) {events} "
+                       "(see result.info['reinitialised'])")
+        if rejected:
+            msg.append(f"kept component(s) empty at {rejected}: re-seeding would have lowered the "
+                       "log joint (see result.info['reinit_rejected']; the data may support fewer "
+                       "objects than num_objects)")
+        warnings.warn("EM " + "; ".join(msg), RuntimeWarning, stacklevel=2)
     obs = em.data_site
     pointwise = em.pointwise_log_likelihood(values, obs) if obs else None
     return FitResult(
@@ -243,7 +390,8 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
         posteriors=est.marginals,
         map_assignments={k: v.argmax(-1) for k, v in est.marginals.items()},
         pointwise_log_likelihood=None if pointwise is None else pointwise[None, None],
-        observed={k: v for k, v in data.items() if torch.is_tensor(v)},
+        observed={k: v for k, v in em.data.items() if torch.is_tensor(v)},
         info={"restart_log_joint": restart_scores, "q_trace": q_trace, "mstep": mstep,
-              "log_prior": est.log_prior},
+              "log_prior": est.log_prior, "dtype": str(dtype).replace("torch.", ""),
+              "empty": empty, "reinitialised": events, "reinit_rejected": rejected},
     )

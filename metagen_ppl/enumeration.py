@@ -366,7 +366,12 @@ class EnumeratedModel:
                 except RuntimeError:
                     raise ModelError(f"the factor of site {name!r} changed shape between E-step and "
                                      "M-step; the model's structure must not depend on parameter values")
-                total = total + (w * lp).sum()
+                term = (w * lp).sum()
+                if torch.isnan(term):
+                    # 0 * log 0: an assignment of zero posterior weight under a zero prior
+                    # probability (an emptied component with pi_k = 0) contributes 0 to Q
+                    term = torch.where(w > 0, w * lp, torch.zeros((), dtype=lp.dtype)).sum()
+                total = total + term
         return total
 
     def log_evidence(self, values: dict) -> torch.Tensor:

@@ -28,7 +28,7 @@ from .util import seeded
 def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, warmup_steps: int = 200,
              num_chains: int = 2, seed: int = 0, target_accept_prob: float = 0.8,
              max_tree_depth: int = 8, max_assignment_draws: int = 50, jit_compile: bool = False,
-             init: Optional[dict] = None,
+             init: Optional[dict] = None, dtype=None,
              progress: bool = False, options: Optional[dict] = None) -> FitResult:
     """Sample ``p(theta | x)`` with NUTS, discrete sites summed out.
 
@@ -44,6 +44,8 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
     max_assignment_draws : int
         Draws (spread over the chains) at which the E-step is run to average the
         posterior assignment probabilities.
+    dtype : None, "float32", "float64" or torch.dtype
+        Precision, as in :func:`~metagen_ppl.em.fit_em` (``None``: the data's dtype).
 
     Returns
     -------
@@ -54,8 +56,8 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
         raise MetagenError("num_samples and num_chains must be >= 1 and warmup_steps >= 0")
     spec = load_model(model)
     t0 = time.perf_counter()
-    em, num_objects, dtype = bind(spec, data, num_objects, options)
-    options = em.options
+    em, num_objects, dtype = bind(spec, data, num_objects, options, dtype)
+    data, options = em.data, em.options
     if em.param_latents:
         raise ModelError(f"NUTS needs every continuous unknown to be a pyro.sample site with a prior; "
                          f"the model has pyro.param sites {em.param_latents}")
@@ -116,7 +118,8 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
         posteriors=posteriors, map_assignments={k: v.argmax(-1) for k, v in posteriors.items()},
         samples=samples, pointwise_log_likelihood=pointwise,
         observed={k: v for k, v in data.items() if torch.is_tensor(v)},
-        info={"num_chains": num_chains, "num_samples": num_samples, "warmup_steps": warmup_steps,
+        info={"dtype": str(dtype).replace("torch.", ""), "num_chains": num_chains,
+              "num_samples": num_samples, "warmup_steps": warmup_steps,
               "divergences": divergences, "label_switched_draws": n_switched, "max_rhat": rhat,
               "log_joint_draws": log_joint_draws.tolist()},
     )

@@ -41,7 +41,7 @@ def loss_flattened(trace, window_frac: float = 0.1, rtol: float = 1e-4) -> bool:
 
 def fit_svi(model, data: dict, num_objects: int, *, guide: str = "delta", num_steps: int = 1000,
             lr: float = 0.05, lr_decay: float = 0.1, seed: int = 0, num_posterior_samples: int = 200,
-            init: Optional[dict] = None, progress: bool = False,
+            init: Optional[dict] = None, dtype=None, progress: bool = False,
             options: Optional[dict] = None) -> FitResult:
     """Fit by SVI with ``TraceEnum_ELBO``.
 
@@ -58,6 +58,8 @@ def fit_svi(model, data: dict, num_objects: int, *, guide: str = "delta", num_st
     seed : int
         Seeds the initialisation (the same k-means++-style start as EM's
         first restart) and the SVI randomness.
+    dtype : None, "float32", "float64" or torch.dtype
+        Precision, as in :func:`~metagen_ppl.em.fit_em` (``None``: the data's dtype).
 
     Returns
     -------
@@ -69,8 +71,8 @@ def fit_svi(model, data: dict, num_objects: int, *, guide: str = "delta", num_st
         raise MetagenError("num_steps must be at least 1")
     spec = load_model(model)
     t0 = time.perf_counter()
-    em, num_objects, dtype = bind(spec, data, num_objects, options)
-    options = em.options
+    em, num_objects, dtype = bind(spec, data, num_objects, options, dtype)
+    data, options = em.data, em.options
     start = initial_values(spec, em, torch.Generator().manual_seed(int(seed) * 1_000_003), dtype, init)
     enum_model = config_enumerate(spec.model, default="parallel")
     guide_model = poutine.block(enum_model, expose=em.sample_latents)
@@ -125,5 +127,5 @@ def fit_svi(model, data: dict, num_objects: int, *, guide: str = "delta", num_st
         map_assignments={k: v.argmax(-1) for k, v in est.marginals.items()},
         samples=samples, pointwise_log_likelihood=pointwise,
         observed={k: v for k, v in data.items() if torch.is_tensor(v)},
-        info={"guide": guide, "lr": lr, "final_elbo": trace[-1]},
+        info={"dtype": str(dtype).replace("torch.", ""), "guide": guide, "lr": lr, "final_elbo": trace[-1]},
     )
