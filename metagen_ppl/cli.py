@@ -139,10 +139,15 @@ def _location_error(result, truth, location_site):
 
 # --------------------------------------------------------------------------- commands
 def _cmd_simulate(args) -> int:
-    from .io import save_data
+    from .io import check_output_path, save_data
     from .registry import load_model
+    from .validate import check_options
 
+    check_output_path(args.out)
     spec = load_model(args.model)
+    if spec.name in _MULTI_SCENE:
+        raise ModelError(f"model {spec.name!r} simulates a list of scenes, not the single-scene data file "
+                         f"of 'simulate'; {_MULTI_SCENE[spec.name]}")
     if spec.simulate is None:
         raise ModelError(f"model {spec.name!r} defines no simulate(num_objects, num_obs, seed, **options); "
                          "it cannot simulate data")
@@ -154,7 +159,11 @@ def _cmd_simulate(args) -> int:
         raise DataError(f"--num-objects {args.num_objects} exceeds --num-obs {args.num_obs}; use K <= N")
     options = _parse_options(args.option)
     _check_options(spec, options, for_simulate=True)
+    check_options(options, args.num_objects, where="--option")
     obj = spec.simulate(args.num_objects, args.num_obs, args.seed, **options)
+    if isinstance(obj, list):
+        raise ModelError(f"model {spec.name!r} simulates a list of scenes, not the single-scene data file "
+                         f"of 'simulate'; {_MULTI_SCENE.get(spec.name, 'call its simulate() from Python')}")
     if not isinstance(obj, dict) or "observations" not in obj:
         raise ModelError(f"model {spec.name!r}: simulate() must return a dict with 'observations'")
     obj = dict(obj)
@@ -169,21 +178,57 @@ def _cmd_simulate(args) -> int:
     return EXIT_OK
 
 
+def _check_fit_args(args) -> None:
+    """Numeric arguments of ``fit`` that the engines would not reject clearly."""
+    import math
+
+    if not (math.isfinite(args.tol) and args.tol >= 0):
+        raise DataError(f"--tol must be a finite number >= 0, got {args.tol}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise DataError(f"--lr must be a finite number > 0, got {args.lr}")
+    if not 0 < args.target_accept < 1:
+        raise DataError(f"--target-accept must be in (0, 1), got {args.target_accept}")
+    if args.max_tree_depth < 1:
+        raise DataError(f"--max-tree-depth must be at least 1, got {args.max_tree_depth}")
+
+
+#: Where the multi-scene models are fitted and simulated from the command line.
+_MULTI_SCENE = {
+    "detector": "use 'metagen-ppl metacognition simulate|fit' (multi-scene 3D detections)",
+    "projective": "use 'metagen-ppl evaluate --data FILE --out DIR' (MetaGen detector files)",
+}
+
+
 def _cmd_fit(args) -> int:
     import torch
 
-    from .io import data_from_json, load_json, num_objects_from_json
+    from .io import check_output_path, data_from_json, load_json, num_objects_from_json
     from .registry import load_model
+    from .validate import check_options
 
+    _check_fit_args(args)
+    if args.out:
+        check_output_path(args.out)
     spec = load_model(args.model)
+    options = _parse_options(args.option)
+    _check_options(spec, options)
+    if spec.name in _MULTI_SCENE and "cats" not in options:
+        raise ModelError(f"model {spec.name!r} needs a search over each scene's objects, which 'fit' "
+                         f"does not do; {_MULTI_SCENE[spec.name]}")
     obj = load_json(args.data)
     dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
     data = data_from_json(obj, spec, dtype=dtype, source=args.data)
     k = args.num_objects if args.num_objects is not None else num_objects_from_json(obj, args.data)
     if k is None:
         raise DataError(f"give --num-objects: {args.data!r} has no 'num_objects' field")
-    options = _parse_options(args.option)
-    _check_options(spec, options)
+    origin = "--num-objects" if args.num_objects is not None else "'num_objects' (in the file)"
+    if k < 1:
+        raise DataError(f"{origin} must be at least 1, got {k}")
+    x = data.get("x")
+    if torch.is_tensor(x) and x.dim() >= 1 and k > x.shape[0]:
+        raise DataError(f"{origin} = {k} exceeds the {x.shape[0]} observations of {args.data}; "
+                        "use K <= N")
+    check_options(options, k, where="--option")
     progress = _progress_enabled(args)
     method = "svi-map" if args.method == "svi" else args.method
     if args.categories is not None or spec.name == "categorical":
@@ -207,7 +252,7 @@ def _cmd_fit(args) -> int:
                           num_chains=args.num_chains, seed=args.seed, max_tree_depth=args.max_tree_depth,
                           jit_compile=args.jit,
                           target_accept_prob=args.target_accept, progress=progress, options=options)
-    err = _location_error(result, obj.get("truth"), spec.location_site)
+    err = _location_error(result, obj.get("truth") if isinstance(obj, dict) else None, spec.location_site)
     if err is not None:
         result.info["location_error_vs_truth"] = err
     if args.out:
@@ -249,10 +294,12 @@ def _cmd_demo(args) -> int:
     summary = run_demo(args.out, seed=args.seed, num_objects=args.num_objects, num_obs=args.num_obs,
                        em_inits=args.num_inits, svi_steps=args.svi_steps, mcmc_samples=args.mcmc_samples,
                        mcmc_warmup=args.mcmc_warmup, mcmc_chains=args.mcmc_chains,
-                       mcmc_max_tree_depth=args.mcmc_max_tree_depth,
+                       mcmc_max_tree_depth=args.mcmc_max_tree_depth, resume=args.resume,
                        progress=_progress_enabled(args), log=lambda m: _say(m, file=sys.stderr))
     _say(summary["table"])
-    _say(f"report: {summary['report']}")
+    for w in summary["warnings"]:
+        _say(f"warning: {w}")
+    _say(f"report: {summary['html']} and {summary['report']}; results: {summary['results_json']}")
     return EXIT_OK
 
 
@@ -266,14 +313,28 @@ def _run_comparison(script: str, argv) -> int:
         _say(f"{PROG}: error: {path} not found; comparisons run from a source checkout "
              "(pip install -e .)", file=sys.stderr)
         return EXIT_USAGE
-    old_argv = sys.argv
-    sys.argv = [f"{PROG} compare-{path.stem}", *argv]
+    debug = "--debug" in argv
+    old_argv, old_error = sys.argv, argparse.ArgumentParser.error
+    sys.argv = [f"{PROG} compare-{path.stem}", *(a for a in argv if a != "--debug")]
+    argparse.ArgumentParser.error = _Parser.error  # the script's usage errors: one line, exit 2
     try:
         return int(runpy.run_path(str(path), run_name="metagen_comparison")["main"]() or 0)
+    except _UsageError as e:
+        _say(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, OSError) as e:  # the script's runs record their own errors: these are its arguments
+        if debug:
+            traceback.print_exc()
+        if isinstance(e, OSError) and not isinstance(e, MetagenError):
+            where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+            e = f"cannot access{where}: {e.strerror or e}"
+        _say(f"{PROG}: error: compare-{path.stem}: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else EXIT_OK
     finally:
         sys.argv = old_argv
+        argparse.ArgumentParser.error = old_error
 
 
 # --------------------------------------------------------------------------- parser
@@ -356,12 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("demo", parents=[common, progress], formatter_class=_Formatter,
-                       help="simulate a scene, fit it with EM, SVI and MCMC, write a report with plots",
-                       description="The built-in default job: simulate a baseline scene, fit it with "
-                                   "EM, SVI-MAP and MCMC, and write DIR/report.md with a comparison "
-                                   "table and PNG plots (scene.png, traces.png, mcmc_trace.png).")
+                       help="simulate a baseline scene and run 'compare' on it (EM, SVI, MCMC; report)",
+                       description="The built-in default job, a thin default over 'metagen-ppl compare': "
+                                   "simulate a baseline (M1) scene, fit it with EM, SVI-MAP, SVI-AutoNormal "
+                                   "and MCMC, and write DIR/report.html (self-contained), DIR/report.md, "
+                                   "DIR/results.json, the plots and DIR/methods/<method>.{json,nc}.")
     p.add_argument("--out", "-o", default="metagen-demo", help="output directory")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--resume", action="store_true", help="reuse the methods already finished in --out")
     g = p.add_argument_group("budget (smaller is faster)")
     g.add_argument("--num-objects", "-K", type=int, default=4, help="objects in the scene")
     g.add_argument("--num-obs", "-N", type=int, default=600, help="observations")
@@ -381,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate import add_evaluate_parser
 
     add_evaluate_parser(sub)
+    from .compare import add_compare_parser
+
+    add_compare_parser(sub, parents=[common, model_opts, progress], formatter_class=_Formatter)
     p = sub.add_parser("compare-categories", add_help=False,
                        help="model M2: compare the three EM category strategies, SVI-MAP and MCMC "
                             "on simulated scenes (comparisons/categories.py); "
@@ -440,11 +506,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
                 msg = f"cannot access{where}: {e.strerror or e}"
             else:
-                msg = str(e)
+                msg = str(e).split("Trace Shapes:")[0]  # Pyro appends the trace's shapes to errors
+                source = getattr(args, "data", None)
+                if isinstance(e, DataError) and "data['" in msg and isinstance(source, str) and source not in msg:
+                    msg = f"{source}: {msg}"  # a check of the loaded tensors: name the file they came from
             _say(f"{PROG}: error: {_one_line(msg)}", file=sys.stderr)
             return EXIT_USAGE
-        except KeyboardInterrupt:
-            _say(f"{PROG}: interrupted", file=sys.stderr)
+        except KeyboardInterrupt as e:
+            detail = getattr(e, "detail", None)  # FitInterrupted says what was kept and how to resume
+            _say(f"{PROG}: {_one_line(detail) if detail else 'interrupted'}", file=sys.stderr)
             return 130
         except Exception as e:  # a bug (ours or in a user's model file)
             if debug:

@@ -29,6 +29,14 @@ def _jsonable(x):
     return x
 
 
+def _has_none(v) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, (list, tuple)):
+        return any(_has_none(x) for x in v)
+    return False
+
+
 @dataclass
 class FitResult:
     """What every inference method returns.
@@ -109,6 +117,29 @@ class FitResult:
 
             atomic_write_text(path, text)
         return text
+
+    @classmethod
+    def from_dict(cls, obj: dict) -> "FitResult":
+        """Rebuild a result from :meth:`to_dict` output (``samples`` and the pointwise
+        log likelihood are not in the JSON; they live in the InferenceData file)."""
+
+        def tensor(v):
+            t = torch.as_tensor(np.asarray(v, dtype=float) if _has_none(v) else v)
+            return t.double() if t.is_floating_point() else t
+
+        def num(v):
+            return float("nan") if v is None else float(v)
+
+        return cls(
+            model=obj["model"], method=obj["method"],
+            params={k: tensor(v) for k, v in (obj.get("params") or {}).items()},
+            log_likelihood=num(obj.get("log_likelihood")), log_joint=num(obj.get("log_joint")),
+            trace=[num(t) for t in obj.get("trace") or []], trace_label=obj.get("trace_label", ""),
+            n_iter=int(obj.get("n_iter", 0)), converged=bool(obj.get("converged", False)),
+            wall_time_s=num(obj.get("wall_time_s")),
+            posteriors={k: tensor(v) for k, v in (obj.get("posteriors") or {}).items()},
+            map_assignments={k: torch.as_tensor(v) for k, v in (obj.get("map_assignments") or {}).items()},
+            info=dict(obj.get("info") or {}))
 
     # ------------------------------------------------------------------ arviz
     def to_inference_data(self):

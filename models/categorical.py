@@ -466,6 +466,8 @@ def simulate(num_objects, num_obs, seed, *, num_categories=5, confusion_diag=0.8
     (locations, weights, categories) is drawn from the prior. Returns the JSON
     exchange format with ``"categories"`` (0-based) and ``"truth"``.
     """
+    if isinstance(num_categories, bool) or not isinstance(num_categories, int) or num_categories < 1:
+        raise DataError(f"num_categories must be an integer >= 1, got {num_categories!r}")
     C = int(num_categories)
     A = (default_confusion(C, confusion_diag) if confusion is None
          else check_confusion(confusion, C, torch.get_default_dtype()))
@@ -508,9 +510,17 @@ def data_from_json(obj, dtype=torch.float64) -> dict:
     if "categories" not in obj:
         raise DataError("the categorical model needs \"categories\" in the data file: one 0-based "
                         "observed category per observation")
+    from metagen_ppl.io import _check_categories, _check_observations
+
+    obs = _check_observations(obj["observations"], None, 3)       # names the bad row and column
+    _check_categories(obj["categories"], len(obs), None)
+    for key in ("num_categories", "num_objects"):
+        v = obj.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise DataError(f"{key!r} must be an integer >= 1, got {v!r:.40}")
     try:
-        x = torch.tensor(obj["observations"], dtype=dtype)
-        o = torch.tensor(obj["categories"])
+        x = torch.tensor(obs, dtype=dtype)
+        o = torch.tensor(obj["categories"], dtype=torch.long)
     except (TypeError, ValueError) as e:
         raise DataError(f"malformed observations or categories: {e}") from e
     if o.is_floating_point():
@@ -533,3 +543,12 @@ def truth_from_json(obj, dtype=torch.float64) -> dict:
     return {"locs": torch.tensor(t["locs"], dtype=dtype), "cats": torch.tensor(t["cats"], dtype=torch.long),
             "weights": torch.tensor(t["weights"], dtype=dtype), "scale": float(t["scale"]),
             "confusion": torch.tensor(t["confusion"], dtype=dtype)}
+
+
+# --------------------------------------------------------------------------- metagen-ppl compare
+#: EM category strategies that ``metagen-ppl compare`` runs for this model.
+CATEGORY_STRATEGIES = ("mstep", "enumerate", "sample")
+#: ``metagen-ppl compare`` simulates ``simulate(3 objects, 150 observations, seed)`` by default
+#: (NUTS sums over all C^K = 125 category vectors at every step, so its chains are kept short).
+COMPARE_SIMULATION = {"args": (3, 150)}
+COMPARE_BUDGET = {"mcmc_samples": 100, "mcmc_warmup": 100, "mcmc_max_tree_depth": 6}

@@ -310,6 +310,8 @@ def model(data, num_objects, *, cats=None, active=None, rates=None, hallucinatio
                             .expand([C]).to_event(1))
     else:
         rates = torch.as_tensor(rates, dtype=dtype)
+        if rates.shape != (C,):
+            raise DataError(f"rates must hold {C} values (one per category), got shape {tuple(rates.shape)}")
     if hallucination is None:
         hallucination = pyro.sample(
             "hallucination", dist.Gamma(torch.tensor(float(_opt(opts, "hall_prior_shape")), dtype=dtype),
@@ -317,6 +319,9 @@ def model(data, num_objects, *, cats=None, active=None, rates=None, hallucinatio
             .expand([C]).to_event(1))
     else:
         hallucination = torch.as_tensor(hallucination, dtype=dtype)
+        if hallucination.shape != (C,):
+            raise DataError(f"hallucination must hold {C} values (one per category), got shape "
+                            f"{tuple(hallucination.shape)}")
     if scale is None:
         scale = pyro.sample("scale", scale_prior(float(_opt(opts, "scale_prior_shape")),
                                                  float(_opt(opts, "scale_prior_rate")), dtype))
@@ -540,6 +545,9 @@ def initialize(data, num_objects, generator, *, cats=None, active=None, rates=No
             if len(idx):
                 i = idx[int(torch.randint(len(idx), (1,), generator=generator))]
                 locs[s, k] = pos[s, i[0], i[1]]
+    # a noisy detection may lie outside the box, where the location prior is zero
+    eps = 1e-6 * (hi - lo)
+    locs = torch.maximum(torch.minimum(locs, hi - eps), lo + eps)
     out = {"locs": locs}
     if scale is None:
         out["scale"] = torch.tensor(0.5, dtype=pos.dtype)
@@ -583,10 +591,25 @@ def simulate(num_scenes, num_frames, seed, *, rates=None, hallucination=None, sc
     """
     if emission not in ("poisson", "bernoulli"):
         raise DataError(f"emission must be 'poisson' or 'bernoulli', got {emission!r}")
+    for name, val in (("num_scenes", num_scenes), ("num_frames", num_frames), ("min_objects", min_objects),
+                      ("max_objects", max_objects), ("num_categories", num_categories)):
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)):
+            raise DataError(f"{name} must be an integer, got {val!r}")
     if num_scenes < 1 or num_frames < 1:
         raise DataError("num_scenes and num_frames must be at least 1")
     if not 0 <= min_objects <= max_objects:
         raise DataError(f"need 0 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+    if not 1 <= num_categories <= len(CATEGORIES):
+        raise DataError(f"num_categories must be in 1..{len(CATEGORIES)} (the named categories), "
+                        f"got {num_categories}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise DataError(f"scale (the location noise sigma) must be a finite number > 0, got {scale!r}")
+    try:
+        b = np.asarray(box, dtype=float)
+    except (TypeError, ValueError):
+        b = np.zeros(0)
+    if b.shape != (2, 3) or not np.isfinite(b).all() or not (b[1] > b[0]).all():
+        raise DataError(f"box must be ((x0, y0, z0), (x1, y1, z1)) with upper > lower, got {box!r}")
     C = int(num_categories)
     rng = np.random.default_rng(seed)
     r = np.asarray(rates, float) if rates is not None else rng.uniform(*rate_range, size=C)
@@ -636,3 +659,98 @@ def data_from_json(obj, dtype=torch.float64) -> dict:
     from metagen_ppl.scenes import parse_scenes
 
     return parse_scenes(obj, dtype=dtype).data()
+
+
+# --------------------------------------------------------------------------- metagen-ppl compare
+#: ``metagen-ppl compare`` simulates ``simulate(3 scenes, 10 frames, seed)`` by default.
+COMPARE_SIMULATION = {"args": (3, 10)}
+#: NUTS on 3 scenes: every scene's locations and V at once; shorter chains than the point models.
+COMPARE_BUDGET = {"mcmc_samples": 100, "mcmc_warmup": 100, "mcmc_max_tree_depth": 6, "svi_steps": 400}
+
+
+def _compact_structure(params):
+    """Active slots first and ``K`` = the largest object count: ``(K, cats, active, locs)``."""
+    act = params["active"]
+    K = max(1, int(act.sum(-1).max()))
+    order = torch.argsort((~act).to(torch.int8), dim=-1, stable=True)[:, :K]
+    cats = torch.gather(params["cats"], 1, order)
+    active = torch.gather(act, 1, order)
+    locs = torch.gather(params["locs"], 1, order.unsqueeze(-1).expand(-1, -1, 3))
+    return K, cats, active, locs
+
+
+def prepare_comparison(obj, *, seed=0, dtype=torch.float64, num_objects=None, options=None, progress=False,
+                       log=None, source="<data>", **_):
+    """Set-up of ``metagen-ppl compare`` for M3 (see :mod:`metagen_ppl.compare`).
+
+    The structure (object count and categories per scene) is found once by the
+    metacognition EM search (:func:`metagen_ppl.metacognition.fit_metacognition`,
+    V learned); every method then fits the locations, ``V`` and ``sigma`` with
+    that structure fixed. Accuracy: object precision / recall / F1 and location
+    error against the truth (same category, within 1 m, Hungarian matching), and
+    the mean absolute error of the learned rates when the detector's truth is known.
+    """
+    import time
+
+
+    from metagen_ppl.compare import ComparisonSetup
+    from metagen_ppl.metacognition import V_error, fit_metacognition, object_metrics, truth_objects
+    from metagen_ppl.scenes import parse_scenes
+
+    log = log or (lambda m: None)
+    if num_objects is not None:
+        raise DataError("the detector model finds the number of objects per scene itself; drop --num-objects")
+    scenes = parse_scenes(obj, dtype=dtype)
+    log(f"structure search: metacognition EM over {len(scenes.paths)} scenes (V learned)")
+    t0 = time.perf_counter()
+    search = fit_metacognition(scenes, mode="learn", seed=seed, options=options, progress=progress, dtype=dtype)
+    search_s = time.perf_counter() - t0
+    K, cats, active, locs0 = _compact_structure(search.params)
+    truth = truth_objects(scenes) if scenes.truth is not None else None
+    V_true = scenes.true_V
+
+    def objects(locs):
+        return [{"path": p, "objects": [{"category_name": CATEGORIES[int(cats[s, k])],
+                                         "position": locs[s, k].tolist()}
+                                        for k in range(K) if bool(active[s, k])]}
+                for s, p in enumerate(scenes.paths)]
+
+    def measures(pred, V):
+        out = {}
+        if truth is not None:
+            m = object_metrics(pred, truth)
+            out.update({"object F1": m["f1"], "precision": m["precision"], "recall": m["recall"],
+                        "location error": m["location_error"]})
+        if V_true is not None and V is not None:
+            e = V_error(V, V_true)
+            out.update({k.replace("_mae", " MAE"): v for k, v in e.items() if k.endswith("_mae")})
+        return out
+
+    def accuracy(res):
+        V = {k: res.params[k] for k in ("rates", "hallucination") if k in res.params}
+        return measures(objects(res.params["locs"].detach()), V or None)
+
+    def scene(res):
+        locs = res.params["locs"].detach().double()
+        return locs[0][active[0]].numpy()
+
+    pos = scenes.positions[0][scenes.det_mask[0]].detach().double().numpy()
+    true0 = None
+    if scenes.truth is not None:
+        true0 = scenes.truth[0]["positions"].detach().double().numpy().reshape(-1, 3)
+    n_obj = int(active.sum())
+    search_row = {"method": "em structure search", "status": "ok", "error": None,
+                  "accuracy": measures(search.scenes, search.V), "log_likelihood": float(search.log_likelihood),
+                  "log_joint": float(search.log_joint), "elbo": None, "n_iter": int(search.n_iter),
+                  "iter_kind": "iterations", "converged": bool(search.converged), "wall_time_s": float(search_s)}
+    notes = [f"Structure: {n_obj} objects in {len(scenes.paths)} scenes (K = {K} slots), found by the metacognition "
+             f"EM search (birth/death moves, {search.n_rounds} rounds, {search_s:.1f} s; row `em structure search`). "
+             "Every other row fits the locations, detection rates, hallucination rates and noise with that "
+             "structure fixed, starting from the search's object locations (EM's first restart, SVI, MCMC's "
+             "first chain; V and the noise start at their prior means).",
+             "Scene plot: the first scene only."]
+    return ComparisonSetup(
+        data=scenes.data(), num_objects=K, options={"cats": cats, "active": active, **(options or {})},
+        truth={"objects": truth} if truth is not None else None, accuracy=accuracy, scene=scene,
+        scene_observations=pos, scene_truth=true0, assignment_site="z", assignment_mask=scenes.det_mask,
+        notes=notes, extra_rows=[search_row], init={"locs": locs0.detach().clone()})

@@ -1022,6 +1022,9 @@ class ProjectiveFit:
         self.converged = False
         self.settled = torch.zeros(self.V, dtype=torch.bool)
         self.birth_locs = self.values["locs"].clone()      # where each slot's object was proposed
+        from metagen_ppl.checkpoint import hash_tensors    # the starting state, for checkpoints' fingerprint
+
+        self._start_hash = hash_tensors({"values": self.values, "cats": self.cats, "active": self.active})[:16]
 
     # ----------------------------------------------------------------- compact object batches
     def _compact_batch(self, resp):
@@ -1412,37 +1415,99 @@ class ProjectiveFit:
         return total
 
     # ----------------------------------------------------------------- driver
-    def run(self, progress=None):
+    def run(self, progress=None, checkpoint=None, resume=False):
         """Alternate births, EM and deaths until a round changes no structure.
 
-        ``progress``: optional callable ``(n_settled_videos, info_dict)`` after each round.
+        ``progress``: optional callable ``(n_settled_videos, info_dict)`` after each round
+        (called after the round's checkpoint is written). ``checkpoint``: a file rewritten
+        atomically after the initial E-step (round 0) and every round (see :meth:`state_dict`
+        and :mod:`metagen_ppl.checkpoint`); ``resume``: continue from it (start afresh if it
+        does not exist) -- to the same result as an uninterrupted run. A Ctrl-C raises
+        :class:`metagen_ppl.checkpoint.FitInterrupted` naming the last saved round.
         """
-        self.record("init")
-        if self.mode == "truth":
-            self.converged = self.em_phase(move_locations=False)
-            self.settled[:] = True
-            return self
-        ok = False
-        for rnd in range(1, self.max_rounds + 1):
-            self.n_rounds = rnd
-            self.settled[:] = True
-            b = self._moves(self.birth_step)
-            if b:
-                self.record("birth")
-            ok = self.em_phase()
-            d = self._moves(self.death_step)
-            if d:
-                self.record("death")
+        from metagen_ppl.checkpoint import Checkpoint, FitInterrupted, hash_tensors
+
+        ck = None
+        if checkpoint is not None:
+            ck = Checkpoint(checkpoint, "projective", hash_tensors(self.data), self.settings())
+        elif resume:
+            raise DataError("resume=True needs checkpoint=PATH (the file a previous run wrote)")
+        state = ck.load() if ck is not None and resume else None
+        start, done = 1, False
+        if state is not None:
+            self.load_state_dict(state["state"])
+            start, done = state["round"] + 1, bool(state["state"]["finished"])
+            if not done and state["round"] > self.max_rounds:
+                raise ck._refuse(f"holds round {state['round']}, beyond max_rounds = {self.max_rounds}")
+        try:
+            if state is None:
+                self.record("init")
+                if self.mode == "truth":
+                    self.converged = self.em_phase(move_locations=False)
+                    self.settled[:] = True
+                    done = True
+                if ck is not None:
+                    ck.save(0, dict(self.state_dict(), finished=done), done=done)
+            if self.mode == "truth" or done:
+                return self
+            for rnd in range(start, self.max_rounds + 1):
+                self.n_rounds = rnd
+                self.settled[:] = True
+                b = self._moves(self.birth_step)
+                if b:
+                    self.record("birth")
                 ok = self.em_phase()
-            self.births += b
-            self.deaths += d
-            if progress is not None:
-                progress(int(self.settled.sum()), {"round": rnd, "births": b, "deaths": d,
-                                                   "objects": int(self.active.sum())})
-            if b == 0 and d == 0:
-                self.converged = bool(ok)
-                break
+                d = self._moves(self.death_step)
+                if d:
+                    self.record("death")
+                    ok = self.em_phase()
+                self.births += b
+                self.deaths += d
+                done = b == 0 and d == 0
+                if done:
+                    self.converged = bool(ok)
+                if ck is not None:
+                    ck.save(rnd, dict(self.state_dict(), finished=done), done=done or rnd == self.max_rounds)
+                if progress is not None:
+                    progress(int(self.settled.sum()), {"round": rnd, "births": b, "deaths": d,
+                                                       "objects": int(self.active.sum())})
+                if done:
+                    break
+        except KeyboardInterrupt as e:
+            if isinstance(e, FitInterrupted):
+                raise
+            raise FitInterrupted(None if ck is None else ck.path, None if ck is None else ck.saved_round) from e
         return self
+
+    # ----------------------------------------------------------------- checkpoints
+    def settings(self) -> dict:
+        """What a checkpoint of this fit is valid for: the settings and the starting state
+        (``max_rounds`` is not part of it: it may be raised on resume)."""
+        return {"mode": self.mode, "max_objects": self.K, "tol": self.tol, "max_iter": self.max_iter,
+                "gn_iters": self.gn_iters, "learn_fov": self.learn_fov, "fov_range": list(self.fov_range),
+                "location_step": self.location_step, "num_categories": self.C, "options": dict(self.options),
+                "learned": sorted(self.learned), "dtype": str(self.dtype).replace("torch.", ""),
+                "start (params, truth, half_fov)": self._start_hash}
+
+    def state_dict(self) -> dict:
+        """Everything that changes during the search (the rest follows from data and settings)."""
+        return {"values": dict(self.values), "cats": self.cats, "active": self.active, "trace": self.trace,
+                "n_iter": self.n_iter, "n_rounds": self.n_rounds, "births": self.births, "deaths": self.deaths,
+                "converged": self.converged, "settled": self.settled, "birth_locs": self.birth_locs,
+                "fov_searched": self._fov_searched, "fov_moved": self._fov_moved}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` (bit-identical tensors)."""
+        self.values = {k: v.to(self.dtype) for k, v in state["values"].items()}
+        self.cats, self.active = state["cats"].to(torch.long), state["active"].to(torch.bool)
+        self.trace = list(state["trace"])
+        for key in ("n_iter", "n_rounds", "births", "deaths"):
+            setattr(self, key, int(state[key]))
+        self.converged = bool(state["converged"])
+        self.settled = state["settled"].to(torch.bool)
+        self.birth_locs = state["birth_locs"].to(self.dtype)
+        self._fov_searched, self._fov_moved = bool(state["fov_searched"]), float(state["fov_moved"])
+        self._build_groups()
 
     def result(self) -> dict:
         """Final E-step: ``loglik`` (V,), ``score`` (V,), ``resp``, ``occam`` (V, K)."""
@@ -1460,7 +1525,8 @@ class ProjectiveFit:
         return out
 
 
-def fit_videos(data, *, mode="learn", params=None, truth=None, progress=None, **kwargs) -> ProjectiveFit:
+def fit_videos(data, *, mode="learn", params=None, truth=None, progress=None, checkpoint=None, resume=False,
+               **kwargs) -> ProjectiveFit:
     """Fit the projective model to all videos of ``data`` (one batched structure search).
 
     Algorithm (deterministic; every step batched over videos, no Python loop
@@ -1493,10 +1559,16 @@ def fit_videos(data, *, mode="learn", params=None, truth=None, progress=None, **
         "lesioned" (r, h and marks at their prior means; sigma_px and the field of view learned)
         or "truth" (objects fixed at ``truth = (cats (V, K), positions (V, K, 3), mask (V, K))``;
         V, sigma_px, marks and field of view learned: the ground-truth V)
+    progress : callable ``(n_settled_videos, info)``, optional; called after every round
+    checkpoint : path, optional
+        Checkpoint file, rewritten atomically after every round (:meth:`ProjectiveFit.run`).
+    resume : bool
+        Continue from ``checkpoint`` to the result of an uninterrupted run; a checkpoint of
+        other data or settings raises :class:`metagen_ppl.checkpoint.CheckpointError`.
     kwargs : max_objects, tol, max_iter, max_rounds, gn_iters, half_fov (start or fixed value),
         learn_fov (default True), fov_range (degrees) and hyperparameters (:data:`DEFAULTS`)
     """
-    return ProjectiveFit(data, mode=mode, params=params, truth=truth, **kwargs).run(progress)
+    return ProjectiveFit(data, mode=mode, params=params, truth=truth, **kwargs).run(progress, checkpoint, resume)
 
 
 # --------------------------------------------------------------------------- helpers for SVI and MCMC
@@ -1570,3 +1642,89 @@ def nuts_locations(data, values, cats, active, *, num_samples=100, warmup_steps=
     acc = float(next(iter(acc.values()))) if isinstance(acc, dict) and acc else float("nan")
     return {"samples": samples, "mean": samples.mean(0), "divergences": int(ndiv), "accept_prob": acc,
             "wall_time_s": _time.perf_counter() - t0}
+
+
+# --------------------------------------------------------------------------- metagen-ppl compare
+#: ``metagen-ppl compare`` simulates ``simulate(2 videos, 12 frames, seed)`` by default.
+COMPARE_SIMULATION = {"args": (2, 12)}
+#: NUTS over every location and the detector's parameters of the videos at once: short chains.
+COMPARE_BUDGET = {"mcmc_samples": 60, "mcmc_warmup": 60, "mcmc_max_tree_depth": 5, "svi_steps": 300,
+                  "svi_lr": 0.02}
+
+
+def prepare_comparison(obj, *, seed=0, dtype=torch.float64, num_objects=None, options=None, progress=False,
+                       log=None, source="<data>", **_):
+    """Set-up of ``metagen-ppl compare`` for M4 (see :mod:`metagen_ppl.compare`).
+
+    ``obj`` is a MetaGen detection file (a list of videos). The structure (object
+    count and categories per video) and the field of view are found once by the
+    structure-search EM of :func:`fit_videos` (V learned); every method then fits
+    the locations, rates, hallucination rates, pixel noise and score marks with the
+    structure and field of view fixed. Accuracy, when the file has ground-truth
+    ``labels``: object precision / recall / F1 and location error (same category,
+    within 1 m, Hungarian matching).
+    """
+    import time
+
+    from metagen_ppl.compare import ComparisonSetup
+    from metagen_ppl.metacognition import object_metrics
+    from metagen_ppl.metagen_data import parse_videos
+
+    log = log or (lambda m: None)
+    if num_objects is not None:
+        raise DataError("the projective model finds the number of objects per video itself; drop --num-objects")
+    videos = parse_videos(obj)
+    data = data_from_videos(videos, dtype=dtype)
+    log(f"structure search: projective EM over {len(videos)} videos (V learned)")
+    t0 = time.perf_counter()
+    fit = fit_videos(data, mode="learn")
+    search_s = time.perf_counter() - t0
+    cats, active, locs0, _ = compact_structure(fit)
+    K = int(cats.shape[1])
+    half_fov = fit.values["half_fov"].detach().clone()
+    has_truth = all(v.gt_categories is not None for v in videos)
+    truth = None
+    if has_truth:
+        truth = [{"path": v.path, "objects": [{"category_name": CATEGORIES[int(c)], "position": p.tolist()}
+                                               for c, p in zip(v.gt_categories, v.gt_positions)]}
+                 for v in videos]
+
+    def objects(locs, c=cats, a=active):
+        return [{"path": v.path, "objects": [{"category_name": CATEGORIES[int(c[i, k])],
+                                              "position": [float(x) for x in locs[i, k]]}
+                                             for k in range(c.shape[1]) if bool(a[i, k])]}
+                for i, v in enumerate(videos)]
+
+    def measures(pred):
+        if truth is None:
+            return {}
+        m = object_metrics(pred, truth)
+        return {"object F1": m["f1"], "precision": m["precision"], "recall": m["recall"],
+                "location error": m["location_error"]}
+
+    def accuracy(res):
+        return measures(objects(res.params["locs"].detach()))
+
+    def scene(res):
+        return res.params["locs"].detach().double()[0][active[0]].numpy()
+
+    true0 = videos[0].gt_positions.double().numpy().reshape(-1, 3) if has_truth else None
+    search_row = {"method": "em structure search", "status": "ok", "error": None,
+                  "accuracy": measures(objects(fit.values["locs"].detach(), fit.cats, fit.active)),
+                  "log_likelihood": float(fit.result()["loglik"].sum()), "log_joint": None, "elbo": None,
+                  "n_iter": int(fit.n_iter), "iter_kind": "iterations", "converged": bool(fit.converged),
+                  "wall_time_s": float(search_s)}
+    notes = [f"Structure: {int(active.sum())} objects in {len(videos)} videos (K = {K} slots) and the field of "
+             f"view {math.degrees(2 * float(half_fov)):.1f} degrees, found by the projective structure-search EM "
+             f"({fit.n_rounds} rounds, {search_s:.1f} s; row `em structure search`). Every other row fits the "
+             "locations, rates, hallucination rates, pixel noise and score marks with both fixed, starting from "
+             "the search's object locations (EM's first restart, SVI, MCMC's first chain; the detector's "
+             "parameters start at their prior means).",
+             "Scene plot: the first video, objects in room coordinates (x, y, z), with its camera positions "
+             "(triangles); the observations themselves are pixels."]
+    opts = {"cats": cats, "active": active, "half_fov": half_fov, **(options or {})}
+    return ComparisonSetup(
+        data=data, num_objects=K, options=opts, truth={"objects": truth} if truth else None, accuracy=accuracy,
+        scene=scene, scene_extra={"cameras": data["cams"][0].double().numpy()}, scene_truth=true0,
+        assignment_site="z", assignment_mask=data["det_mask"], notes=notes, extra_rows=[search_row],
+        init={"locs": locs0.detach().clone()})

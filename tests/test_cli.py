@@ -219,25 +219,6 @@ def test_unwritable_output_is_one_line(data_file, tmp_path, capsys):
     assert_one_line_error(code, err)
 
 
-# --------------------------------------------------------------------------- demo
-def test_demo_small(tmp_path, capsys):
-    out_dir = tmp_path / "demo"
-    code, out, err = run(capsys, "demo", "--out", out_dir, "--seed", 1, "--num-objects", 2, "--num-obs", 60,
-                         "--num-inits", 1, "--svi-steps", 30, "--mcmc-samples", 8, "--mcmc-warmup", 8,
-                         "--mcmc-chains", 2, "--mcmc-max-tree-depth", 3)
-    assert code == 0, err
-    for name in ("report.md", "scene.png", "traces.png", "mcmc_trace.png", "data.json",
-                 "fit_em.json", "fit_svi-map.json", "fit_mcmc.json"):
-        assert (out_dir / name).is_file() and (out_dir / name).stat().st_size > 0, name
-    for name in ("scene.png", "traces.png", "mcmc_trace.png"):
-        assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    report = (out_dir / "report.md").read_text()
-    assert "| method | location error | log likelihood | iterations |" in report
-    for method in ("em", "svi-map", "mcmc"):
-        assert f"| {method} |" in report
-    assert "| em |" in out  # the table is echoed to stdout
-
-
 # --------------------------------------------------------------------------- README example
 def _readme_variant():
     readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
