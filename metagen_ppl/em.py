@@ -30,6 +30,7 @@ options to the requested ``dtype``; everything downstream follows the data's dty
 from __future__ import annotations
 
 import inspect
+import math
 import time
 import warnings
 from typing import Optional
@@ -43,7 +44,7 @@ from .errors import DataError, MetagenError, ModelError
 from .registry import ModelSpec, load_model
 from .result import FitResult
 from .util import seeded
-from .validate import check_data, check_num_objects
+from .validate import check_data, check_num_objects, check_options
 
 
 def _progress(total, desc, enabled):
@@ -111,6 +112,7 @@ def bind(spec: ModelSpec, data: dict, num_objects, options: Optional[dict], dtyp
     check_data(data)
     check_num_objects(num_objects, data)
     num_objects = int(num_objects)
+    check_options(options, num_objects)
     options = dict(options or {})
     if dtype is not None:
         dtype = resolve_dtype(dtype)
@@ -346,8 +348,11 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
         raise MetagenError(f"unknown mstep {mstep!r}; choose 'auto', 'closed' or 'optimizer'")
     if mstep == "closed" and spec.closed_form_mstep is None:
         raise ModelError(f"model {spec.name!r} registers no closed-form M-step; use mstep='optimizer'")
-    if num_inits < 1 or max_iter < 1:
-        raise MetagenError("num_inits and max_iter must be at least 1")
+    for name, v in (("num_inits", num_inits), ("max_iter", max_iter)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise MetagenError(f"{name} must be an integer, at least 1, got {v!r}")
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+        raise MetagenError(f"tol must be a finite number >= 0, got {tol!r}")
     if empty not in ("reinit", "keep"):
         raise MetagenError(f"unknown empty {empty!r}; choose 'reinit' or 'keep'")
     t0 = time.perf_counter()

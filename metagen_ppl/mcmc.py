@@ -54,6 +54,10 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
     """
     if num_samples < 1 or warmup_steps < 0 or num_chains < 1:
         raise MetagenError("num_samples and num_chains must be >= 1 and warmup_steps >= 0")
+    if isinstance(max_tree_depth, bool) or not isinstance(max_tree_depth, int) or max_tree_depth < 1:
+        raise MetagenError(f"max_tree_depth must be an integer >= 1, got {max_tree_depth!r}")
+    if not (isinstance(target_accept_prob, (int, float)) and 0.0 < target_accept_prob < 1.0):
+        raise MetagenError(f"target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
     spec = load_model(model)
     t0 = time.perf_counter()
     em, num_objects, dtype = bind(spec, data, num_objects, options, dtype)
@@ -74,8 +78,8 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
         with seeded(int(seed) * 7919 + c):
             mcmc.run(data, num_objects, **options)
         chains.append({k: v.detach() for k, v in mcmc.get_samples().items() if k in em.sample_latents})
-        diag = mcmc.diagnostics()
-        divergences.append(sum(len(v) for v in diag.get("divergences", {}).values()))
+        # the sampler's own record (mcmc.diagnostics() also computes R-hat, which needs >= 4 draws)
+        divergences.append(sum(len(d.get("divergences", ())) for d in getattr(mcmc, "_diagnostics", [{}])))
     samples = {k: torch.stack([ch[k] for ch in chains]) for k in chains[0]}
     samples, n_switched = align_samples(samples, spec.component_sites, spec.location_site)
     params = {k: v.mean(dim=(0, 1)) for k, v in samples.items()}

@@ -8,6 +8,7 @@ the same objective as MAP-EM, by stochastic-gradient steps instead of EM steps.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Optional
 
@@ -69,6 +70,10 @@ def fit_svi(model, data: dict, num_objects: int, *, guide: str = "delta", num_st
         raise MetagenError(f"unknown guide {guide!r}; choose 'delta' (MAP) or 'normal'")
     if num_steps < 1:
         raise MetagenError("num_steps must be at least 1")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise MetagenError(f"lr must be a positive finite number, got {lr!r}")
+    if not (isinstance(lr_decay, (int, float)) and 0 < lr_decay <= 1):
+        raise MetagenError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
     spec = load_model(model)
     t0 = time.perf_counter()
     em, num_objects, dtype = bind(spec, data, num_objects, options, dtype)
