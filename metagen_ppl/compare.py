@@ -126,6 +126,9 @@ class ComparisonSetup:
         EM category strategies to run (models with per-object category sites).
     init : dict, optional
         Starting values shared by every method (default: each method's own start).
+    mcmc_init_chains : {"first", "all"}
+        Whether ``init`` starts only MCMC's first chain or every chain (see
+        :func:`metagen_ppl.mcmc.fit_mcmc`).
     notes : list of str
         Lines for the report (e.g. how the structure was found).
     extra_rows : list of dict
@@ -148,6 +151,7 @@ class ComparisonSetup:
     assignment_mask: Optional[torch.Tensor] = None
     category_strategies: tuple = ()
     init: Optional[dict] = None
+    mcmc_init_chains: str = "first"
     notes: list = dataclasses.field(default_factory=list)
     extra_rows: list = dataclasses.field(default_factory=list)
 
@@ -307,6 +311,8 @@ def _run_method(spec: ModelSpec, setup: ComparisonSetup, method: str, budget: Bu
     else:
         from .mcmc import fit_mcmc
 
+        if setup.init:
+            common["init_chains"] = setup.mcmc_init_chains
         res = fit_mcmc(spec, data, K, num_samples=b.mcmc_samples, warmup_steps=b.mcmc_warmup,
                        num_chains=b.mcmc_chains, max_tree_depth=b.mcmc_max_tree_depth,
                        target_accept_prob=b.mcmc_target_accept, jit_compile=b.mcmc_jit, **common)
@@ -444,6 +450,10 @@ def diagnose(method: str, res: FitResult, budget: Budget) -> list:
         chains = int(info.get("num_chains", 1) or 1)
         if chains < 2:
             out.append("mcmc: one chain, so R-hat cannot be computed; use --mcmc-chains 2 or more")
+        elif not (s["r_hat"] <= 1.2):
+            out.append(f"mcmc: max R-hat {s['r_hat']:.3f}: the chains sit in different modes even after label "
+                       "alignment (see the trace plot); a longer run rarely fixes this: compare the chains' log "
+                       "joints, and start the chains near EM's estimate or use more EM restarts to find the best mode")
         elif not (s["r_hat"] <= RHAT_MAX):
             out.append(f"mcmc: max R-hat {s['r_hat']:.3f} > {RHAT_MAX} (chains disagree after label alignment); "
                        "raise --mcmc-warmup and --mcmc-samples, or run more chains")

@@ -28,7 +28,7 @@ from .util import seeded
 def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, warmup_steps: int = 200,
              num_chains: int = 2, seed: int = 0, target_accept_prob: float = 0.8,
              max_tree_depth: int = 8, max_assignment_draws: int = 50, jit_compile: bool = False,
-             init: Optional[dict] = None, dtype=None,
+             init: Optional[dict] = None, init_chains: str = "first", dtype=None,
              progress: bool = False, options: Optional[dict] = None) -> FitResult:
     """Sample ``p(theta | x)`` with NUTS, discrete sites summed out.
 
@@ -41,6 +41,14 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
     jit_compile : bool
         Compile the potential energy with the PyTorch JIT (2-3x faster on the
         mixtures here; only for models whose control flow does not depend on values).
+    init : dict, optional
+        Starting values of some sites.
+    init_chains : {"first", "all"}
+        ``"first"``: ``init`` starts the first chain only, the others start from
+        EM's restart initialisations (dispersed starts, so R-hat can see
+        multimodality); ``"all"``: every chain starts from ``init`` for the sites it
+        names (e.g. the object locations of a structure search), the other sites
+        from that chain's own initialisation (R-hat then measures mixing within one mode).
     max_assignment_draws : int
         Draws (spread over the chains) at which the E-step is run to average the
         posterior assignment probabilities.
@@ -54,6 +62,8 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
     """
     if num_samples < 1 or warmup_steps < 0 or num_chains < 1:
         raise MetagenError("num_samples and num_chains must be >= 1 and warmup_steps >= 0")
+    if init_chains not in ("first", "all"):
+        raise MetagenError(f"unknown init_chains {init_chains!r}; choose 'first' or 'all'")
     if isinstance(max_tree_depth, bool) or not isinstance(max_tree_depth, int) or max_tree_depth < 1:
         raise MetagenError(f"max_tree_depth must be an integer >= 1, got {max_tree_depth!r}")
     if not (isinstance(target_accept_prob, (int, float)) and 0.0 < target_accept_prob < 1.0):
@@ -69,7 +79,7 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
     chains, divergences = [], []
     for c in range(num_chains):
         start = initial_values(spec, em, torch.Generator().manual_seed(int(seed) * 1_000_003 + c), dtype,
-                               init if c == 0 else None)
+                               init if (c == 0 or init_chains == "all") else None)
         kernel = NUTS(enum_model, max_plate_nesting=em.max_plate_nesting, target_accept_prob=target_accept_prob,
                       max_tree_depth=max_tree_depth, init_strategy=init_to_value(values=start),
                       jit_compile=jit_compile, ignore_jit_warnings=True)

@@ -25,6 +25,12 @@ and optionally
     :mod:`metagen_ppl.em`);
 ``data_from_json(obj, dtype) -> dict``
     converts a parsed JSON data file to the model's ``data`` dict;
+``prepare_comparison(obj, *, seed, dtype, num_objects, options, progress, log, source)``
+    the set-up of ``metagen-ppl compare`` for a model with a discrete structure
+    to search (returns a :class:`metagen_ppl.compare.ComparisonSetup`);
+``COMPARE_SIMULATION``, ``COMPARE_BUDGET``, ``CATEGORY_STRATEGIES``
+    ``compare``'s default simulation sizes, budget defaults, and the EM category
+    strategies to run (models with per-object category sites);
 ``COMPONENT_SITES``
     ``{site: dim}``: sites indexed by object along ``dim`` (used to align
     labels across MCMC draws and to match estimates to the truth);

@@ -746,11 +746,11 @@ def prepare_comparison(obj, *, seed=0, dtype=torch.float64, num_objects=None, op
     notes = [f"Structure: {n_obj} objects in {len(scenes.paths)} scenes (K = {K} slots), found by the metacognition "
              f"EM search (birth/death moves, {search.n_rounds} rounds, {search_s:.1f} s; row `em structure search`). "
              "Every other row fits the locations, detection rates, hallucination rates and noise with that "
-             "structure fixed, starting from the search's object locations (EM's first restart, SVI, MCMC's "
-             "first chain; V and the noise start at their prior means).",
+             "structure fixed, starting from the search's object locations (EM's first restart, SVI, every MCMC "
+             "chain; V and the noise start at their prior means or each chain's own start).",
              "Scene plot: the first scene only."]
     return ComparisonSetup(
         data=scenes.data(), num_objects=K, options={"cats": cats, "active": active, **(options or {})},
         truth={"objects": truth} if truth is not None else None, accuracy=accuracy, scene=scene,
         scene_observations=pos, scene_truth=true0, assignment_site="z", assignment_mask=scenes.det_mask,
-        notes=notes, extra_rows=[search_row], init={"locs": locs0.detach().clone()})
+        notes=notes, extra_rows=[search_row], init={"locs": locs0.detach().clone()}, mcmc_init_chains="all")

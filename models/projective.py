@@ -1718,8 +1718,8 @@ def prepare_comparison(obj, *, seed=0, dtype=torch.float64, num_objects=None, op
              f"view {math.degrees(2 * float(half_fov)):.1f} degrees, found by the projective structure-search EM "
              f"({fit.n_rounds} rounds, {search_s:.1f} s; row `em structure search`). Every other row fits the "
              "locations, rates, hallucination rates, pixel noise and score marks with both fixed, starting from "
-             "the search's object locations (EM's first restart, SVI, MCMC's first chain; the detector's "
-             "parameters start at their prior means).",
+             "the search's object locations (EM's first restart, SVI, every MCMC chain; the detector's "
+             "parameters start at their prior means or each chain's own start).",
              "Scene plot: the first video, objects in room coordinates (x, y, z), with its camera positions "
              "(triangles); the observations themselves are pixels."]
     opts = {"cats": cats, "active": active, "half_fov": half_fov, **(options or {})}
@@ -1727,4 +1727,4 @@ def prepare_comparison(obj, *, seed=0, dtype=torch.float64, num_objects=None, op
         data=data, num_objects=K, options=opts, truth={"objects": truth} if truth else None, accuracy=accuracy,
         scene=scene, scene_extra={"cameras": data["cams"][0].double().numpy()}, scene_truth=true0,
         assignment_site="z", assignment_mask=data["det_mask"], notes=notes, extra_rows=[search_row],
-        init={"locs": locs0.detach().clone()})
+        init={"locs": locs0.detach().clone()}, mcmc_init_chains="all")

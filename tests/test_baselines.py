@@ -251,3 +251,27 @@ def test_mcmc_converts_to_inference_data(mcmc_problem):
     ll = idata.log_likelihood["x"].values.reshape(-1, data["x"].shape[0])
     lppd = float((np.logaddexp.reduce(ll, axis=0) - np.log(ll.shape[0])).sum())
     assert loo.elpd_loo <= lppd + 1e-6
+
+
+@pytest.mark.parametrize("init_chains, expected", [("first", [True, False, False]), ("all", [True, True, True])])
+def test_mcmc_init_chains(monkeypatch, well_separated, init_chains, expected):
+    """``init`` starts the first chain only (dispersed starts) or every chain (one mode)."""
+    import metagen_ppl.mcmc as mcmc_mod
+
+    data, truth = well_separated
+    got = []
+    real = mcmc_mod.initial_values
+
+    def spy(spec, em, gen, dtype, init=None):
+        got.append(init is not None)
+        return real(spec, em, gen, dtype, init)
+
+    monkeypatch.setattr(mcmc_mod, "initial_values", spy)
+    init = {"locs": torch.as_tensor(truth["locs"], dtype=torch.float64)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit_mcmc("baseline", data, 3, num_samples=4, warmup_steps=2, num_chains=3, max_tree_depth=2, init=init,
+                 init_chains=init_chains)
+    assert got == expected
+    with pytest.raises(MetagenError, match="unknown init_chains"):
+        fit_mcmc("baseline", data, 3, init_chains="some")
