@@ -99,17 +99,6 @@ def fitted_raw_threshold(sc_fit, sc_eval):
     return best[1], raw_detection_objects(sc_eval, min_frame_fraction=best[1])
 
 
-def compact_structure(params):
-    """Active slots first, ``K`` = the largest object count: ``cats, active, locs``."""
-    act = params["active"]
-    K = max(1, int(act.sum(-1).max()))
-    order = torch.argsort((~act).to(torch.int8), dim=-1, stable=True)[:, :K]
-    cats = torch.gather(params["cats"], 1, order)
-    active = torch.gather(act, 1, order)
-    locs = torch.gather(params["locs"], 1, order.unsqueeze(-1).expand(-1, -1, 3))
-    return K, cats, active, locs
-
-
 def objects_from(locs, cats, active, paths):
     return [{"path": p, "objects": [{"category_name": CATEGORIES[int(cats[s, k])],
                                      "position": locs[s, k].tolist()}
@@ -245,7 +234,7 @@ def main(argv=None):
         sub = sc.subset(idx)
         tsub = truth_objects(sub)
         params = {k: v[idx] for k, v in learned.params.items() if k in ("locs", "cats", "active")}
-        K, cats, active, locs = compact_structure(params)
+        K, cats, active, locs = detector.compact_structure(params)
         opts = {"cats": cats, "active": active}
         init = {"locs": locs, "rates": learned.V["rates"], "hallucination": learned.V["hallucination"],
                 "scale": learned.V["scale"]}

@@ -96,6 +96,14 @@ class FitInterrupted(KeyboardInterrupt):
         return self.detail
 
 
+def interrupted(e: KeyboardInterrupt, ck) -> "FitInterrupted":
+    """The :class:`FitInterrupted` to raise for Ctrl-C ``e`` during a fit checkpointed by ``ck``
+    (``None``: no checkpoint); ``e`` itself if it already is one."""
+    if isinstance(e, FitInterrupted):
+        return e
+    return FitInterrupted(None if ck is None else ck.path, None if ck is None else ck.saved_round)
+
+
 # --------------------------------------------------------------------------- encoding
 def _tensor_json(t: torch.Tensor) -> dict:
     t = t.detach().cpu().contiguous()

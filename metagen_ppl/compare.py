@@ -339,15 +339,11 @@ def _fingerprint(obj) -> str:
 
 
 def _write_netcdf(idata, path) -> None:
-    """``idata.to_netcdf`` through a temporary file and :func:`os.replace` (atomic)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
+    """``idata.to_netcdf`` through :func:`metagen_ppl.io.atomic_path` (atomic)."""
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
         idata.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _save_method(out_dir, method, res: Optional[FitResult], status: dict) -> dict:

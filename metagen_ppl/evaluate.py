@@ -451,24 +451,13 @@ def plot_video(path, video, objects, *, resp=None, title=None, half_fov=None) ->
 
 
 def atomic_savefig(fig, path, **kwargs) -> None:
-    """``fig.savefig(path)`` atomically: to a temporary file in the same directory, then :func:`os.replace`
-    (the format follows ``path``'s extension)."""
-    import tempfile
+    """``fig.savefig(path)`` atomically (:func:`metagen_ppl.io.atomic_path`; the format follows
+    ``path``'s extension)."""
+    from .io import atomic_path
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fmt = os.path.splitext(path)[1].lstrip(".") or "png"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, **kwargs)
 
 
 def _plot_indices(n: int, total: int) -> list:

@@ -18,6 +18,7 @@ that conversion with its own ``data_from_json(obj, dtype)`` hook (see
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,18 +30,20 @@ import torch
 
 from .errors import DataError, MetagenError
 
-__all__ = ["atomic_write_text", "atomic_write_json", "load_json", "data_from_json", "save_data",
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "load_json", "data_from_json", "save_data",
            "to_jsonable", "check_output_path"]
 
 
 # --------------------------------------------------------------------------- writing
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically.
+@contextlib.contextmanager
+def atomic_path(path):
+    """Context manager yielding a temporary path that replaces ``path`` on success.
 
-    The text goes to a temporary file in the same directory, which then
-    replaces ``path`` with :func:`os.replace`; a reader never sees a half
-    written file, and an interrupted write leaves the old file intact.
-    Missing parent directories are created.
+    Write the file to the yielded path (any writer: text, ``fig.savefig``,
+    ``idata.to_netcdf``); on leaving the block it replaces ``path`` with
+    :func:`os.replace`, so a reader never sees a half-written file and an
+    interrupted write (an exception, Ctrl-C) leaves the old file intact and
+    removes the temporary one. Missing parent directories are created.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -54,12 +57,12 @@ def atomic_write_text(path, text: str) -> None:
     except OSError as e:
         raise DataError(f"cannot write {path!r}: cannot create directory {directory!r}: "
                         f"{e.strerror or e}") from None
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    name, ext = os.path.splitext(os.path.basename(path))
+    # the temporary name keeps the extension: writers that pick a format by it still work
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=f".tmp{ext}")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -67,6 +70,15 @@ def atomic_write_text(path, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def check_output_path(path) -> None:

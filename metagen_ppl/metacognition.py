@@ -635,11 +635,9 @@ def fit_metacognition(scenes, *, mode: str = "learn", V: Optional[dict] = None, 
             if done:
                 break
     except KeyboardInterrupt as e:
-        from .checkpoint import FitInterrupted
+        from .checkpoint import interrupted
 
-        if isinstance(e, FitInterrupted):
-            raise
-        raise FitInterrupted(None if ck is None else ck.path, None if ck is None else ck.saved_round) from e
+        raise interrupted(e, ck) from e
     finally:
         if pbar is not None:
             pbar.close()

@@ -17,7 +17,6 @@ fixed styles, and any other name gets a distinct style from a cycle.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import warnings
 
@@ -94,8 +93,10 @@ def _figure(**kw):
 def _save(fig, path, tight: bool = True):
     """Write ``fig`` as a PNG; ``tight=False`` skips the bounding-box pass (an extra draw),
     for big figures whose constrained layout already keeps everything inside."""
-    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
-    fig.savefig(path, dpi=110, **({"bbox_inches": "tight"} if tight else {}))
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:  # a killed run never leaves a truncated PNG
+        fig.savefig(tmp, format="png", dpi=110, **({"bbox_inches": "tight"} if tight else {}))
 
 
 @contextlib.contextmanager

@@ -668,7 +668,7 @@ COMPARE_SIMULATION = {"args": (3, 10)}
 COMPARE_BUDGET = {"mcmc_samples": 100, "mcmc_warmup": 100, "mcmc_max_tree_depth": 6, "svi_steps": 400}
 
 
-def _compact_structure(params):
+def compact_structure(params):
     """Active slots first and ``K`` = the largest object count: ``(K, cats, active, locs)``."""
     act = params["active"]
     K = max(1, int(act.sum(-1).max()))
@@ -705,7 +705,7 @@ def prepare_comparison(obj, *, seed=0, dtype=torch.float64, num_objects=None, op
     t0 = time.perf_counter()
     search = fit_metacognition(scenes, mode="learn", seed=seed, options=options, progress=progress, dtype=dtype)
     search_s = time.perf_counter() - t0
-    K, cats, active, locs0 = _compact_structure(search.params)
+    K, cats, active, locs0 = compact_structure(search.params)
     truth = truth_objects(scenes) if scenes.truth is not None else None
     V_true = scenes.true_V
 

@@ -1425,7 +1425,7 @@ class ProjectiveFit:
         does not exist) -- to the same result as an uninterrupted run. A Ctrl-C raises
         :class:`metagen_ppl.checkpoint.FitInterrupted` naming the last saved round.
         """
-        from metagen_ppl.checkpoint import Checkpoint, FitInterrupted, hash_tensors
+        from metagen_ppl.checkpoint import Checkpoint, hash_tensors, interrupted
 
         ck = None
         if checkpoint is not None:
@@ -1474,9 +1474,7 @@ class ProjectiveFit:
                 if done:
                     break
         except KeyboardInterrupt as e:
-            if isinstance(e, FitInterrupted):
-                raise
-            raise FitInterrupted(None if ck is None else ck.path, None if ck is None else ck.saved_round) from e
+            raise interrupted(e, ck) from e
         return self
 
     # ----------------------------------------------------------------- checkpoints

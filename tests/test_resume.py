@@ -240,7 +240,7 @@ def test_killed_between_write_and_replace(scenes_raw, reference, tmp_path):
     assert p.returncode == 137, p.stderr
     stored = json.loads((tmp_path / "c.json").read_text())       # complete, valid JSON
     assert stored["round"] == 1
-    leftovers = [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    leftovers = [f for f in os.listdir(tmp_path) if f.startswith(".") and ".tmp" in f]
     assert len(leftovers) == 1                                     # the orphaned temporary file, never read
     res = MC.fit_metacognition(str(data), estep="direct", checkpoint=tmp_path / "c.json", resume=True)
     _same_result(reference["direct"], res)
@@ -295,6 +295,9 @@ def test_metacognition_cli_sigint_and_resume(scenes_raw, reference, tmp_path, ca
     out = tmp_path / "res.json"
     script = textwrap.dedent(f"""
         import os, signal, sys
+        # a process started in the background by a non-interactive shell inherits SIGINT ignored:
+        # restore Python's Ctrl-C handler so the signal below raises KeyboardInterrupt everywhere
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.path.insert(0, {ROOT!r})
         import torch
         torch.set_num_threads(1)
