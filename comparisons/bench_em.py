@@ -79,7 +79,7 @@ from models import baseline  # noqa: E402
 PRIOR = dict(loc_prior_mean=0.0, loc_prior_scale=10.0, weight_concentration=1.0,
              scale_prior_shape=2.0, scale_prior_rate=1.0)
 CLOCK = time.perf_counter  # --clock cpu: time.process_time (CPU seconds of this process)
-NEVER_STOP = -1.0  # tol < 0: |L_t - L_{t-1}| <= tol * |L| is never true, so fit_em runs max_iter
+NEVER_STOP = None  # tol=None: fit_em runs exactly max_iter iterations
 
 
 # ---------------------------------------------------------------------------- data / init

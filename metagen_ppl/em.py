@@ -274,7 +274,7 @@ def _single_run(spec, em, init, *, mstep, optimizer, optimizer_steps, tol, max_i
         if pbar is not None:
             pbar.update(1)
             pbar.set_postfix(log_joint=f"{est.log_joint:.4g}")
-        if not moved and abs(est.log_joint - prev) <= tol * max(abs(est.log_joint), 1.0):
+        if tol is not None and not moved and abs(est.log_joint - prev) <= tol * max(abs(est.log_joint), 1.0):
             converged = True
             break
     return values, est, trace, q_trace, n_iter, converged, events, rejected
@@ -310,8 +310,9 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
         (and the optimiser for the remaining sites); ``optimizer`` never does.
     optimizer : {"lbfgs", "adam"}, optimizer_steps : int
         The generic M-step's optimiser and its iteration budget per M-step.
-    tol : float
-        Stop when ``|L_t - L_{t-1}| <= tol * max(|L_t|, 1)``.
+    tol : float or None
+        Stop when ``|L_t - L_{t-1}| <= tol * max(|L_t|, 1)``; ``None`` runs exactly
+        ``max_iter`` iterations (benchmarks).
     max_iter : int
     init : dict, optional
         Starting values (overrides the initialisation of the first restart).
@@ -351,8 +352,8 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
     for name, v in (("num_inits", num_inits), ("max_iter", max_iter)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise MetagenError(f"{name} must be an integer, at least 1, got {v!r}")
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
-        raise MetagenError(f"tol must be a finite number >= 0, got {tol!r}")
+    if tol is not None and not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+        raise MetagenError(f"tol must be a finite number >= 0 (or None: run max_iter iterations), got {tol!r}")
     if empty not in ("reinit", "keep"):
         raise MetagenError(f"unknown empty {empty!r}; choose 'reinit' or 'keep'")
     t0 = time.perf_counter()
@@ -372,7 +373,7 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
     if pbar is not None:
         pbar.close()
     values, est, trace, q_trace, n_iter, converged, events, rejected = best
-    if not converged:
+    if not converged and tol is not None:
         warnings.warn(f"EM stopped at max_iter={max_iter} before reaching tol={tol}; "
                       "raise max_iter or loosen tol", RuntimeWarning, stacklevel=2)
     if events or rejected:

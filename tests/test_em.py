@@ -346,3 +346,12 @@ def test_closed_mstep_requested_for_model_without_one(tmp_path):
         "        pyro.sample('x', dist.Normal(locs[z], 1.0).to_event(1), obs=x)\n")
     with pytest.raises(ModelError, match="closed-form"):
         fit_em(str(path), overlapping(), 3, mstep="closed")
+
+
+def test_tol_none_runs_exactly_max_iter(well_separated):
+    """``tol=None`` (benchmarks) never stops early and does not warn about max_iter."""
+    data, _ = well_separated
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = fit_em("baseline", data, 3, tol=None, max_iter=7)
+    assert res.n_iter == 7 and len(res.trace) == 8 and not res.converged
