@@ -90,7 +90,6 @@ def _scene(setting, seed):
 def _evaluate(data, truth, params, K, options):
     """Accuracy, location error, ll_fixed and ll_marg of an estimate (outside the clock)."""
     import numpy as np
-    import torch
     from scipy.optimize import linear_sum_assignment
 
     from metagen_ppl.categories import score_estimate
@@ -326,7 +325,7 @@ def main(argv=None):
     tasks = _tasks(settings, seeds, cfg, methods)
     os.makedirs(args.out, exist_ok=True)
     log_path = os.path.join(args.out, "runs.jsonl")
-    rows, prior_wall = [], 0.0
+    rows = []
     if args.resume and os.path.exists(log_path):
         with open(log_path) as f:
             done = [json.loads(line) for line in f if line.strip()]
@@ -334,7 +333,6 @@ def main(argv=None):
         rows = [r for r in done if (r["setting"], r["seed"], r["method"]) in wanted]
         have = {(r["setting"], r["seed"], r["method"]) for r in rows}
         tasks = [t for t in tasks if (_setting_name(t[0]), t[1], t[2]) not in have]
-        prior_wall = sum(r.get("wall_time_s") or 0.0 for r in rows)
         print(f"resuming: {len(rows)} runs reused from {log_path}", flush=True)
     else:
         open(log_path, "w").close()

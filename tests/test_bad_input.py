@@ -930,7 +930,7 @@ CATEGORIES_CASES = [
 
 @pytest.mark.parametrize("data, k, kw, needle", [c[1:] for c in CATEGORIES_CASES],
                          ids=[c[0] for c in CATEGORIES_CASES])
-def test_fit_categorical_rejects(data, k, kw, needle):
+def test_api_fit_categorical_rejects(data, k, kw, needle):
     with pytest.raises(MetagenError) as e:
         _categories()(data, k, **kw)
     assert needle in str(e.value)
