@@ -256,13 +256,19 @@ def _setup(spec, obj, *, seed, dtype, num_objects, options, progress, log, sourc
 
 
 # --------------------------------------------------------------------------- runners
-def method_names(setup: ComparisonSetup, methods=None) -> list:
-    """The methods of a comparison, in report order; ``"em"`` expands to every category strategy."""
+def _check_method_names(methods=None) -> list:
+    """The requested method names (default: all), each a known one."""
     wanted = list(BASE_METHODS) if methods is None else list(methods)
     for m in wanted:
         if m not in BASE_METHODS and not (m.startswith("em-") and m[3:] in CATEGORY_STRATEGIES):
             raise MetagenError(f"unknown method {m!r}; choose from {', '.join(BASE_METHODS)} "
                                f"(or em-{'/em-'.join(CATEGORY_STRATEGIES)} for category models)")
+    return wanted
+
+
+def method_names(setup: ComparisonSetup, methods=None) -> list:
+    """The methods of a comparison, in report order; ``"em"`` expands to every category strategy."""
+    wanted = _check_method_names(methods)
     out = []
     for m in wanted:
         if m == "em" and setup.category_strategies:
@@ -517,8 +523,9 @@ def _fmt(v, spec=".3f"):
     return format(v, spec)
 
 
-def table_markdown(rows: list) -> str:
-    """The comparison table (Markdown)."""
+def _table_cells(rows: list) -> tuple:
+    """The table once, for both renderings: ``(head, body)``; a body row is ``(method, status, error, cells)``
+    with ``error`` set (and ``cells`` empty) for a failed method."""
     acc_names = []
     for r in rows:
         for k in (r.get("accuracy") or {}):
@@ -526,20 +533,45 @@ def table_markdown(rows: list) -> str:
                 acc_names.append(k)
     head = (["method", "status"] + acc_names + ["log lik. at estimate", "log joint", "ELBO", "iterations / draws",
                                               "converged", "wall (s)", "R-hat", "ESS bulk", "ESS tail"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    body = []
     for r in rows:
         if r.get("status") != "ok":
-            err = (r.get("error") or "").replace("|", "\\|")
-            cells = [r["method"], f"**{r.get('status')}**: {err}"] + [""] * (len(head) - 2)
+            body.append((r["method"], r.get("status"), r.get("error") or "", []))
+            continue
+        acc = r.get("accuracy") or {}
+        cells = [_fmt(acc.get(k)) for k in acc_names] + [
+            _fmt(r.get("log_likelihood"), ".2f"), _fmt(r.get("log_joint"), ".2f"), _fmt(r.get("elbo"), ".2f"),
+            f"{r.get('n_iter')} {r.get('iter_kind', '')}".strip(),
+            "yes" if r.get("converged") else "no", _fmt(r.get("wall_time_s"), ".2f"),
+            _fmt(r.get("r_hat")), _fmt(r.get("ess_bulk"), ".0f"), _fmt(r.get("ess_tail"), ".0f")]
+        body.append((r["method"], "ok", None, cells))
+    return head, body
+
+
+def table_markdown(rows: list) -> str:
+    """The comparison table (Markdown)."""
+    head, body = _table_cells(rows)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    for method, status, error, cells in body:
+        if error is not None:
+            cells = [f"**{status}**: " + error.replace("|", "\\|")] + [""] * (len(head) - 2)
         else:
-            acc = r.get("accuracy") or {}
-            cells = [r["method"], "ok"] + [_fmt(acc.get(k)) for k in acc_names] + [
-                _fmt(r.get("log_likelihood"), ".2f"), _fmt(r.get("log_joint"), ".2f"), _fmt(r.get("elbo"), ".2f"),
-                f"{r.get('n_iter')} {r.get('iter_kind', '')}".strip(),
-                "yes" if r.get("converged") else "no", _fmt(r.get("wall_time_s"), ".2f"),
-                _fmt(r.get("r_hat")), _fmt(r.get("ess_bulk"), ".0f"), _fmt(r.get("ess_tail"), ".0f")]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+            cells = [status] + cells
+        lines.append("| " + " | ".join([method] + cells) + " |")
     return "\n".join(lines)
+
+
+def _table_html(rows: list) -> str:
+    head, body = _table_cells(rows)
+    out = []
+    for method, status, error, cells in body:
+        if error is not None:
+            tds = [f"<b>{html.escape(str(status))}</b>: {html.escape(error)}"] + [""] * (len(head) - 2)
+        else:
+            tds = [html.escape(c) for c in [status] + cells]
+        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in [html.escape(method)] + tds) + "</tr>")
+    return ("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join(out) + "</tbody></table>")
 
 
 # --------------------------------------------------------------------------- plots
@@ -571,9 +603,10 @@ def _plots(out_dir, spec, setup, results, seed, log) -> tuple:
         attempt("mcmc", lambda: plots.plot_mcmc_diagnostics(os.path.join(out_dir, "mcmc"), mcmc, point_results=point))
     with_post = [r for r in ok if setup.assignment_site in (r.posteriors or {})]
     if with_post:
+        em_mcmc = [r for r in with_post if r.method.startswith("em") or r.method == "mcmc"] or with_post
         attempt("assignments", lambda: plots.plot_assignments(
-            p("assignments.png"), [r for r in with_post if r.method.startswith("em") or r.method == "mcmc"] or with_post,
-            site=setup.assignment_site, num_obs=20, seed=seed, mask=setup.assignment_mask))
+            p("assignments.png"), em_mcmc, site=setup.assignment_site, num_obs=20, seed=seed,
+            mask=setup.assignment_mask))
     if setup.scene is not None:
         estimates, draws = {}, {}
         for r in ok:
@@ -604,7 +637,8 @@ def _report_md(title, header_lines, table, warns, notes, figures) -> str:
         parts += ["## Notes", "", *[f"* {n}" for n in notes], ""]
     parts += ["## Column definitions", "",
               "* **accuracy columns** (when the truth is known): location error = mean distance between matched "
-              "estimated and true objects (Hungarian matching); assignment / category accuracy after the same matching.",
+              "estimated and true objects (Hungarian matching); assignment / category accuracy after the same "
+              "matching.",
               "* **log lik. at estimate**: log p(x | estimate) with the discrete sites summed out exactly, the same "
               "computation for every method (MCMC: at the label-aligned posterior mean).",
               "* **log joint**: log lik. + log prior at the estimate (EM's and SVI-MAP's objective).",
@@ -625,16 +659,9 @@ def _md_inline(text: str) -> str:
     return out
 
 
-def _report_html(title, header_lines, rows_md, warns, notes, figures, out_dir) -> str:
+def _report_html(title, header_lines, rows, warns, notes, figures, out_dir) -> str:
     """A self-contained page: the same content as the Markdown, images embedded as base64."""
-    lines = rows_md.splitlines()
-    head = [c.strip() for c in lines[0].strip("|").split(" | ")]
-    body = []
-    for ln in lines[2:]:
-        cells = [c.strip() for c in ln.strip().strip("|").split(" | ")]
-        body.append("<tr>" + "".join(f"<td>{_md_inline(c)}</td>" for c in cells) + "</tr>")
-    table = ("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
-             + "".join(body) + "</tbody></table>")
+    table = _table_html(rows)
     imgs = []
     for caption, rel in figures:
         path = os.path.join(out_dir, rel)
@@ -659,8 +686,8 @@ def _report_html(title, header_lines, rows_md, warns, notes, figures, out_dir) -
 
 
 # --------------------------------------------------------------------------- main entry
-def _load_data(spec, data, out_dir, seed, resume, log, simulation=None) -> tuple:
-    """``(obj, source, simulated)``: the data set as parsed JSON."""
+def _load_data(spec, data, out_dir, seed, resume, simulation=None) -> tuple:
+    """``(obj, source)``: the data set as parsed JSON and where it came from."""
     from .io import atomic_write_json, load_json
 
     if data is None:
@@ -670,17 +697,16 @@ def _load_data(spec, data, out_dir, seed, resume, log, simulation=None) -> tuple
         kwargs = dict(sizes.get("kwargs", {}))
         if spec.simulate is None:
             raise ModelError(f"model {spec.name!r} has no simulate() hook; give a data file with --data")
-        obj = spec.simulate(*args, seed, **kwargs)
+        obj = json.loads(json.dumps(spec.simulate(*args, seed, **kwargs)))  # as it reads back from the file
         if resume and os.path.isfile(path):
-            old = load_json(path)
-            if _fingerprint(old) != _fingerprint(json.loads(json.dumps(obj))):
+            if _fingerprint(load_json(path)) != _fingerprint(obj):
                 raise DataError(f"{path!r} holds a different simulated data set than this run (another seed, "
                                 "model or size); use another --out, or drop --resume to start again")
         atomic_write_json(path, obj)
-        return json.loads(json.dumps(obj)), f"simulated (sizes {args}, seed {seed}; data.json)", True
+        return obj, f"simulated (sizes {args}, seed {seed}; data.json)"
     if isinstance(data, (dict, list)):
-        return data, "<data>", False
-    return load_json(data), os.fspath(data), False
+        return data, "<data>"
+    return load_json(data), os.fspath(data)
 
 
 def compare(model="baseline", data=None, *, out_dir="metagen-compare", seed: int = 0, methods=None,
@@ -764,8 +790,8 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
         raise MetagenError(f"unknown budget option(s) {unknown}; known: {sorted(base)}")
     base.update({k: v for k, v in budget_kw.items() if v is not None})
     budget = Budget(**base).check()
-    method_names(ComparisonSetup(data={}, num_objects=1, category_strategies=CATEGORY_STRATEGIES), methods)
-    obj, source, simulated = _load_data(spec, data, out_dir, seed, resume, log, simulation)
+    _check_method_names(methods)
+    obj, source = _load_data(spec, data, out_dir, seed, resume, simulation)
     t_setup = time.perf_counter()
     setup = _setup(spec, obj, seed=seed, dtype=dt, num_objects=num_objects, options=options,
                    progress=progress, log=log, source=source)
@@ -778,9 +804,9 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
                  "options": {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in setup.options.items()},
                  "dtype": str(dt)}
     results, statuses = {}, {}
-    threads = torch.get_num_threads()
     for i, m in enumerate(names, 1):
-        fp = _fingerprint({**common_fp, "method": m, "settings": _method_settings(m, budget)})
+        settings = _method_settings(m, budget)
+        fp = _fingerprint({**common_fp, "method": m, "settings": settings})
         if resume:
             loaded = _load_method(out_dir, m, fp)
             if loaded is not None:
@@ -788,7 +814,7 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
                 log(f"[{i}/{len(names)}] {m}: finished in an earlier run, reused (--resume)")
                 continue
         log(f"[{i}/{len(names)}] {m} ...")
-        status = {"method": m, "fingerprint": fp, "settings": _method_settings(m, budget)}
+        status = {"method": m, "fingerprint": fp, "settings": settings}
         res = None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -810,8 +836,6 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
                 res = None
                 status.update(status="failed", error=f"{type(e).__name__}: {' '.join(str(e).split())}",
                               traceback=traceback.format_exc())
-            finally:
-                torch.set_num_threads(threads)
         status["warnings"] = sorted({" ".join(str(w.message).split()) for w in caught})
         if res is not None:
             res.info["has_samples"] = bool(res.samples)
@@ -857,7 +881,7 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
     report_md = os.path.join(out_dir, "report.md")
     report_html = os.path.join(out_dir, "report.html")
     atomic_write_text(report_md, md)
-    atomic_write_text(report_html, _report_html(title, header, table, warns, setup.notes, figures, out_dir))
+    atomic_write_text(report_html, _report_html(title, header, rows, warns, setup.notes, figures, out_dir))
     wall = time.perf_counter() - t_start
     summary = {"model": spec.name, "data": source, "num_objects": setup.num_objects, "seed": seed,
                "dtype": str(dt).replace("torch.", ""), "budget": dataclasses.asdict(budget), "methods": names,
