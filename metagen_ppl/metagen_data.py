@@ -228,22 +228,42 @@ def _where(v: int, path, t: Optional[int] = None) -> str:
     return s if t is None else f"{s}, frame {t}"
 
 
-def _number(x, where: str, field: str) -> float:
+def finite_number(x, where: str, field: str) -> float:
+    """``x`` as a finite float, or a :class:`DataError` naming ``where`` and ``field`` (also used by
+    :mod:`metagen_ppl.scenes`)."""
     if type(x) is float or type(x) is int:          # fast path (bool is not int here)
         if math.isfinite(x):
             return float(x)
     if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise DataError(f"{where}: {field} must be a number, got {x!r}")
+        raise DataError(f"{where}: {field} must be a number, got {x!r:.60}")
     x = float(x)
     if not math.isfinite(x):
         raise DataError(f"{where}: {field} is not finite ({x})")
     return x
 
 
+def check_list_input(obj, score_threshold, top_n, *, kind: str, items: str) -> Optional[float]:
+    """The checks shared by the loaders of lists of videos or scenes: the detection filters
+    (``score_threshold`` a finite number, ``top_n`` an integer >= 0, or ``None``) and a non-empty JSON
+    list. Returns ``score_threshold`` as a float (or ``None``)."""
+    if score_threshold is not None:
+        score_threshold = finite_number(score_threshold, "score_threshold", "value")
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
+        raise DataError(f"top_n must be a non-negative integer or None, got {top_n!r}")
+    if not isinstance(obj, list):
+        hint = ""
+        if isinstance(obj, dict) and "observations" in obj:
+            hint = " (this is a single-scene data file: fit it with 'metagen-ppl fit')"
+        raise DataError(f"{kind} must be a JSON list of {items}, got {type(obj).__name__}{hint}")
+    if not obj:
+        raise DataError(f"{kind} contains no {items} (empty list)")
+    return score_threshold
+
+
 def _vector(x, n: int, where: str, field: str) -> list:
     if not isinstance(x, (list, tuple)) or len(x) != n:
         raise DataError(f"{where}: {field} must be a list of {n} numbers, got {x!r}")
-    return [_number(e, where, f"{field}[{i}]") for i, e in enumerate(x)]
+    return [finite_number(e, where, f"{field}[{i}]") for i, e in enumerate(x)]
 
 
 def _point3(x, where: str, field: str) -> list:
@@ -251,7 +271,7 @@ def _point3(x, where: str, field: str) -> list:
         missing = [k for k in "xyz" if k not in x]
         if missing:
             raise DataError(f"{where}: {field} lacks field(s) {', '.join(missing)}")
-        return [_number(x[k], where, f"{field}.{k}") for k in "xyz"]
+        return [finite_number(x[k], where, f"{field}.{k}") for k in "xyz"]
     return _vector(x, 3, where, field)
 
 
@@ -305,7 +325,7 @@ def _parse_detections(det, where: str, score_threshold, top_n, stats: Counter) -
                             f"detections.scores has {n}")
     rows = []
     for i in range(n):
-        score = _number(lists["scores"][i], where, f"detections.scores[{i}]")
+        score = finite_number(lists["scores"][i], where, f"detections.scores[{i}]")
         if not 0.0 <= score <= 1.0:
             raise DataError(f"{where}: detections.scores[{i}] = {score} is outside [0, 1]")
         coco = _coco_id(lists["labels"][i], where, f"detections.labels[{i}]")
@@ -405,17 +425,7 @@ def parse_videos(obj, *, score_threshold: Optional[float] = None, top_n: Optiona
     DataError
         On any malformed field, naming the video (index and path) and frame.
     """
-    if score_threshold is not None:
-        score_threshold = _number(score_threshold, "score_threshold", "value")
-    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
-        raise DataError(f"top_n must be a non-negative integer or None, got {top_n!r}")
-    if not isinstance(obj, list):
-        hint = ""
-        if isinstance(obj, dict) and "observations" in obj:
-            hint = " (this is a single-scene data file: fit it with 'metagen-ppl fit')"
-        raise DataError(f"MetaGen data must be a JSON list of videos, got {type(obj).__name__}{hint}")
-    if not obj:
-        raise DataError("MetaGen data contains no videos (empty list)")
+    score_threshold = check_list_input(obj, score_threshold, top_n, kind="MetaGen data", items="videos")
     for v, video in enumerate(obj):
         if not isinstance(video, dict):
             raise DataError(f"video {v}: expected a JSON object, got {type(video).__name__}")

@@ -40,7 +40,7 @@ import torch
 
 from .errors import DataError
 from .io import load_json
-from .metagen_data import CATEGORIES, COCO_TO_CATEGORY, category_index
+from .metagen_data import CATEGORIES, COCO_TO_CATEGORY, category_index, check_list_input, finite_number
 
 __all__ = ["SceneSet", "parse_scenes", "load_scenes", "write_scenes", "parse_V", "V_to_json",
            "DEFAULT_BOX"]
@@ -54,23 +54,14 @@ def _where(s: int, path, t: Optional[int] = None) -> str:
     return w if t is None else f"{w}, frame {t}"
 
 
-def _num(x, where: str, field: str) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise DataError(f"{where}: {field} must be a number, got {x!r:.60}")
-    x = float(x)
-    if not math.isfinite(x):
-        raise DataError(f"{where}: {field} is not finite ({x})")
-    return x
-
-
 def _vec(x, n: int, where: str, field: str) -> list:
     if isinstance(x, dict):
         if not all(k in x for k in "xyz"[:n]):
             raise DataError(f"{where}: {field} must have fields {', '.join('xyz'[:n])}, got {x!r:.60}")
-        return [_num(x[k], where, f"{field}.{k}") for k in "xyz"[:n]]
+        return [finite_number(x[k], where, f"{field}.{k}") for k in "xyz"[:n]]
     if not isinstance(x, (list, tuple)) or len(x) != n:
         raise DataError(f"{where}: {field} must be a list of {n} numbers, got {x!r:.60}")
-    return [_num(e, where, f"{field}[{i}]") for i, e in enumerate(x)]
+    return [finite_number(e, where, f"{field}[{i}]") for i, e in enumerate(x)]
 
 
 def _category_name(name, where: str, field: str) -> int:
@@ -108,12 +99,12 @@ def parse_V(obj, where: str = "V", num_categories: int = len(CATEGORIES), dtype=
             vec = [None] * num_categories
             for name, v in val.items():
                 c = _category_name(name, where, key)
-                vec[c] = _num(v, where, f"{key}[{name!r}]")
+                vec[c] = finite_number(v, where, f"{key}[{name!r}]")
             missing = [CATEGORIES[c] for c, v in enumerate(vec) if v is None]
             if missing:
                 raise DataError(f"{where}: {key} lacks categories {', '.join(missing)}")
         elif torch.is_tensor(val) or isinstance(val, (list, tuple)):
-            vec = [_num(float(v), where, f"{key}[{i}]") for i, v in enumerate(list(val))]
+            vec = [finite_number(float(v), where, f"{key}[{i}]") for i, v in enumerate(list(val))]
             if len(vec) != num_categories:
                 raise DataError(f"{where}: {key} has {len(vec)} values, expected {num_categories}")
         else:
@@ -123,7 +114,7 @@ def parse_V(obj, where: str = "V", num_categories: int = len(CATEGORIES), dtype=
                 raise DataError(f"{where}: {key} of category {CATEGORIES[c]!r} is {v}; rates must be > 0")
         out[alias] = torch.tensor(vec, dtype=dtype)
     if obj.get("scale") is not None:
-        sc = _num(obj["scale"], where, "scale")
+        sc = finite_number(obj["scale"], where, "scale")
         if sc <= 0:
             raise DataError(f"{where}: scale is {sc}; it must be > 0")
         out["scale"] = torch.tensor(sc, dtype=dtype)
@@ -216,17 +207,7 @@ def parse_scenes(obj, *, box=None, score_threshold: Optional[float] = None, top_
     DataError
         Naming the scene and frame of the first malformed field.
     """
-    if score_threshold is not None:
-        score_threshold = _num(score_threshold, "score_threshold", "value")
-    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
-        raise DataError(f"top_n must be a non-negative integer or None, got {top_n!r}")
-    if not isinstance(obj, list):
-        hint = ""
-        if isinstance(obj, dict) and "observations" in obj:
-            hint = " (this is a single-scene data file: fit it with 'metagen-ppl fit')"
-        raise DataError(f"multi-scene data must be a JSON list of scenes, got {type(obj).__name__}{hint}")
-    if not obj:
-        raise DataError("multi-scene data contains no scenes (empty list)")
+    score_threshold = check_list_input(obj, score_threshold, top_n, kind="multi-scene data", items="scenes")
     stats = Counter()
     scenes = []
     file_box = None
@@ -275,7 +256,7 @@ def parse_scenes(obj, *, box=None, score_threshold: Optional[float] = None, top_
             for i in range(len(lab)):
                 c = _label(lab[i], w, f"detections.labels[{i}]")
                 p = _vec(pos[i], 3, w, f"detections.position[{i}]")
-                q = 1.0 if sco is None else _num(sco[i], w, f"detections.scores[{i}]")
+                q = 1.0 if sco is None else finite_number(sco[i], w, f"detections.scores[{i}]")
                 if not 0.0 <= q <= 1.0:
                     raise DataError(f"{w}: detections.scores[{i}] = {q} is outside [0, 1]")
                 stats["n_raw"] += 1
