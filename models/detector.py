@@ -527,6 +527,23 @@ def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active
     return out
 
 
+def random_detection_per_slot(data, cats, active, generator) -> dict:
+    """For every active slot ``(s, k)``: the index ``(t, d)`` of one detection of the slot's category
+    in scene ``s``, drawn uniformly with ``generator`` (slots without such a detection are left out).
+    Shared by the starting values of M3 and M4 (``data`` needs ``categories`` and ``det_mask``)."""
+    o, mask = data["categories"], data["det_mask"]
+    picks = {}
+    for s in range(cats.shape[0]):
+        for k in range(cats.shape[1]):
+            if not active[s, k]:
+                continue
+            idx = ((o[s] == cats[s, k]) & mask[s]).nonzero()
+            if len(idx):
+                t, d = idx[int(torch.randint(len(idx), (1,), generator=generator))].tolist()
+                picks[(s, k)] = (t, d)
+    return picks
+
+
 def initialize(data, num_objects, generator, *, cats=None, active=None, rates=None, hallucination=None,
                scale=None, num_categories=len(CATEGORIES), **_):
     """Starting values for a known structure: each active slot at a random detection of its category."""
@@ -536,15 +553,8 @@ def initialize(data, num_objects, generator, *, cats=None, active=None, rates=No
     cats, active = _structure(data, K, cats, active)
     lo, hi, _ = _box(data)
     locs = ((lo + hi) / 2).expand(S, K, 3).clone()
-    o, mask = data["categories"], data["det_mask"]
-    for s in range(S):
-        for k in range(K):
-            if not active[s, k]:
-                continue
-            idx = ((o[s] == cats[s, k]) & mask[s]).nonzero()
-            if len(idx):
-                i = idx[int(torch.randint(len(idx), (1,), generator=generator))]
-                locs[s, k] = pos[s, i[0], i[1]]
+    for (s, k), (t, d) in random_detection_per_slot(data, cats, active, generator).items():
+        locs[s, k] = pos[s, t, d]
     # a noisy detection may lie outside the box, where the location prior is zero
     eps = 1e-6 * (hi - lo)
     locs = torch.maximum(torch.minimum(locs, hi - eps), lo + eps)
@@ -668,11 +678,18 @@ COMPARE_SIMULATION = {"args": (3, 10)}
 COMPARE_BUDGET = {"mcmc_samples": 100, "mcmc_warmup": 100, "mcmc_max_tree_depth": 6, "svi_steps": 400}
 
 
+def active_slots_first(active) -> torch.Tensor:
+    """Slot order ``(S, K')`` putting each scene's active slots first (stable), ``K' = max(1, most objects
+    in a scene)``: gather a structure's tensors with it to drop the slots no scene uses."""
+    K = max(1, int(active.sum(-1).max()))
+    return torch.argsort((~active).to(torch.int8), dim=-1, stable=True)[:, :K]
+
+
 def compact_structure(params):
     """Active slots first and ``K`` = the largest object count: ``(K, cats, active, locs)``."""
     act = params["active"]
-    K = max(1, int(act.sum(-1).max()))
-    order = torch.argsort((~act).to(torch.int8), dim=-1, stable=True)[:, :K]
+    order = active_slots_first(act)
+    K = order.shape[1]
     cats = torch.gather(params["cats"], 1, order)
     active = torch.gather(act, 1, order)
     locs = torch.gather(params["locs"], 1, order.unsqueeze(-1).expand(-1, -1, 3))

@@ -136,7 +136,7 @@ from pyro.ops.indexing import Vindex
 
 from metagen_ppl.camera import HALF_FOV, IMAGE_SIZE, camera_frame, triangulate, visible
 from metagen_ppl.errors import DataError
-from models.detector import check_structure
+from models.detector import active_slots_first, check_structure, random_detection_per_slot
 from metagen_ppl.metagen_data import CATEGORIES, COCO_TO_CATEGORY
 
 __all__ = ["ROOM_BOX", "SCORE_EDGES", "IMPOSSIBLE", "DEFAULTS", "data_from_videos", "score_bins", "model",
@@ -809,16 +809,9 @@ def initialize(data, num_objects, generator, *, cats=None, active=None, locs=Non
            if options.get(k) is None}
     if locs is None:
         init = ((lo + hi) / 2).expand(V, K, 3).clone()
-        o, mask = data["categories"], data["det_mask"]
-        for v in range(V):
-            for k in range(K):
-                if not active[v, k]:
-                    continue
-                idx = ((o[v] == cats[v, k]) & mask[v]).nonzero()
-                if len(idx):
-                    t, d = idx[int(torch.randint(len(idx), (1,), generator=generator))].tolist()
-                    init[v, k] = _ray_at_height(data["centers"][v, t, d], data["cams"][v, t], data["looks"][v, t],
-                                                lo, hi, options.get("half_fov") or HALF_FOV)
+        for (v, k), (t, d) in random_detection_per_slot(data, cats, active, generator).items():
+            init[v, k] = _ray_at_height(data["centers"][v, t, d], data["cams"][v, t], data["looks"][v, t],
+                                        lo, hi, options.get("half_fov") or HALF_FOV)
         out["locs"] = init
     return out
 
@@ -1573,8 +1566,7 @@ def fit_videos(data, *, mode="learn", params=None, truth=None, progress=None, ch
 def compact_structure(fit: ProjectiveFit):
     """The fitted structure with the active slots first and ``K = max(1, most objects in a video)``:
     ``(cats (V, K), active (V, K), locs (V, K, 3), birth_locs (V, K, 3))``."""
-    K = max(1, int(fit.active.sum(-1).max()))
-    order = torch.argsort((~fit.active).to(torch.int8), dim=1, stable=True)[:, :K]
+    order = active_slots_first(fit.active)
     idx3 = order[..., None].expand(-1, -1, 3)
     return (torch.gather(fit.cats, 1, order), torch.gather(fit.active, 1, order),
             torch.gather(fit.values["locs"], 1, idx3), torch.gather(fit.birth_locs, 1, idx3))
