@@ -421,8 +421,9 @@ def mcmc_summary(res: FitResult) -> dict:
     return out
 
 
-def diagnose(method: str, res: FitResult, budget: Budget) -> list:
-    """Warnings about one result, each with what to change."""
+def diagnose(method: str, res: FitResult, budget: Budget, summary: Optional[dict] = None) -> list:
+    """Warnings about one result, each with what to change (``summary``: :func:`mcmc_summary` of an
+    MCMC result, if already computed)."""
     from .svi import loss_flattened
 
     out = []
@@ -448,7 +449,7 @@ def diagnose(method: str, res: FitResult, budget: Budget) -> list:
             out.append(f"{method}: the ELBO had not flattened after {len(trace)} steps (its last 10% still "
                        "moved by more than its noise); raise --svi-steps or lower --svi-lr")
     elif method == "mcmc":
-        s = mcmc_summary(res)
+        s = summary if summary is not None else mcmc_summary(res)
         chains = int(info.get("num_chains", 1) or 1)
         if chains < 2:
             out.append("mcmc: one chain, so R-hat cannot be computed; use --mcmc-chains 2 or more")
@@ -496,7 +497,8 @@ def _elbo(res: FitResult) -> Optional[float]:
     return float(np.mean(trace[-w:]))
 
 
-def _row(method, res: Optional[FitResult], status: dict, setup: ComparisonSetup) -> dict:
+def _row(method, res: Optional[FitResult], status: dict, setup: ComparisonSetup,
+         summary: Optional[dict] = None) -> dict:
     row = {"method": method, "status": status.get("status", "ok"), "error": status.get("error")}
     if res is None:
         return row
@@ -512,7 +514,7 @@ def _row(method, res: Optional[FitResult], status: dict, setup: ComparisonSetup)
                iter_kind="draws" if method == "mcmc" else ("steps" if method.startswith("svi") else "iterations"),
                converged=bool(res.converged), wall_time_s=float(res.wall_time_s))
     if method == "mcmc":
-        row.update(mcmc_summary(res))
+        row.update(summary if summary is not None else mcmc_summary(res))
         row["divergences"] = int(sum(res.info.get("divergences") or [0]))
     return row
 
@@ -846,14 +848,16 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
                if res is not None else f"{m}: FAILED ({status['error']})")
         log(f"[{i}/{len(names)}] " + msg)
 
-    rows = list(setup.extra_rows) + [_row(m, results[m], statuses[m], setup) for m in names]
+    # R-hat and ESS once per MCMC result, for the table and the diagnostics
+    summaries = {m: mcmc_summary(r) for m, r in results.items() if r is not None and m == "mcmc"}
+    rows = list(setup.extra_rows) + [_row(m, results[m], statuses[m], setup, summaries.get(m)) for m in names]
     warns = []
     for m in names:
         if results[m] is None:
             warns.append(f"{m}: failed with {statuses[m].get('error')}; the other methods ran "
                          f"(traceback in methods/{m}.status.json)")
         else:
-            warns.extend(diagnose(m, results[m], budget))
+            warns.extend(diagnose(m, results[m], budget, summaries.get(m)))
     warns.extend(_agreement_warnings({m: r for m, r in results.items() if r is not None}))
     files, plot_failures = _plots(out_dir, spec, setup, results, seed, log)
     warns.extend(plot_failures)
