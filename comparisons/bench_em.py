@@ -66,14 +66,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from metagen_ppl.em import fit_em  # noqa: E402
-from metagen_ppl.enumeration import EnumeratedModel  # noqa: E402
-from metagen_ppl.registry import load_model  # noqa: E402
-from models import baseline  # noqa: E402
+from metagen_ppl.engine.em import fit_em
+from metagen_ppl.engine.enumeration import EnumeratedModel
+from metagen_ppl.engine.registry import load_model
+from metagen_ppl.models import baseline
+
+ROOT = Path(__file__).resolve().parents[1]  # the source checkout (outputs go to ROOT/comparisons/out)
 
 # the baseline model's prior hyper-parameters (its defaults); (d) uses the same
 PRIOR = dict(loc_prior_mean=0.0, loc_prior_scale=10.0, weight_concentration=1.0,
@@ -223,7 +222,7 @@ def _torch_em(x, init, iters, layout):
 def torch_em(x, init, iters, layout="KN"):
     """Hand-written MAP-EM for the baseline model (shared spherical scale).
 
-    Same updates as ``models.baseline.closed_form_mstep``; returns the final
+    Same updates as ``metagen_ppl.models.baseline.closed_form_mstep``; returns the final
     parameters and ``log p(x | theta)`` at them (one E-step after the last M-step,
     as fit_em reports it). ``layout="KN"`` keeps responsibilities as ``(K, N)``
     (logsumexp over the outer dim: the faster layout on CPU); ``"NK"`` is the

@@ -32,23 +32,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import warnings
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from metagen_ppl.io import atomic_write_json, atomic_write_text  # noqa: E402
-from metagen_ppl.metacognition import (V_error, fit_metacognition, object_metrics,  # noqa: E402
-                                       plot_scene, raw_detection_objects, truth_objects)
-from metagen_ppl.metagen_data import CATEGORIES  # noqa: E402
-from metagen_ppl.scenes import parse_scenes, write_scenes  # noqa: E402
-from models import detector  # noqa: E402
+from metagen_ppl.io import atomic_write_json, atomic_write_text
+from metagen_ppl.apps.plots import plot_scene_topview as plot_scene
+from metagen_ppl.domain.objects import V_error, object_metrics, raw_detection_objects, truth_objects
+from metagen_ppl.models.detector.fit import fit_metacognition
+from metagen_ppl.domain.metagen_data import CATEGORIES
+from metagen_ppl.domain.scenes import parse_scenes, write_scenes
+from metagen_ppl.models import detector
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the source checkout (outputs go to ROOT/comparisons/out)
 
 
 def _now():
@@ -227,8 +226,8 @@ def main(argv=None):
     # 3. MCMC on a subset, structure fixed at EM's ------------------------------------------
     t3 = ""
     if not args.no_mcmc:
-        from metagen_ppl.em import fit_em
-        from metagen_ppl.mcmc import fit_mcmc
+        from metagen_ppl.engine.em import fit_em
+        from metagen_ppl.engine.mcmc import fit_mcmc
 
         idx = list(range(mcmc_scenes))
         sub = sc.subset(idx)

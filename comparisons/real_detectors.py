@@ -1,6 +1,6 @@
 """Real detectors: the projective detector model against the detectors themselves (issue 5 item 6).
 
-Runs :func:`metagen_ppl.evaluate.evaluate` on the shared MetaGen data
+Runs :func:`metagen_ppl.apps.evaluate.evaluate` on the shared MetaGen data
 (``../shared/data/metagen2021/``; RetinaNet and Faster R-CNN detections on 100
 rendered videos x 20 frames; MIT licence, from the public MetaGen repository)
 and prints one table: method x detector x split (A = videos 1-50, B = 51-100)
@@ -34,9 +34,8 @@ import json
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the source checkout (outputs go to ROOT/comparisons/out)
+
 
 DETECTORS = ("retinanet", "faster_rcnn")
 
@@ -57,8 +56,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)          # a shared 2-core machine: intra-op threads only add contention
     from metagen_ppl.errors import MetagenError
-    from metagen_ppl.evaluate import evaluate
-    from metagen_ppl.metagen_data import CATEGORIES
+    from metagen_ppl.apps.evaluate import evaluate
+    from metagen_ppl.domain.metagen_data import CATEGORIES
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=_default_data_dir())

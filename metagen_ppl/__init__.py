@@ -1,11 +1,11 @@
 """metagen_ppl: inverting MetaGen-style perception models with EM, SVI and MCMC on Pyro."""
 
-from .errors import DataError, MetagenError, ModelError
-from .registry import ModelSpec, builtin_models, load_model
-from .result import FitResult
-from .em import fit_em
-from .enumeration import EnumeratedModel
-from .api import fit
+from metagen_ppl.errors import DataError, MetagenError, ModelError
+from metagen_ppl.engine.registry import ModelSpec, builtin_models, load_model
+from metagen_ppl.engine.result import FitResult
+from metagen_ppl.engine.em import fit_em
+from metagen_ppl.engine.enumeration import EnumeratedModel
+from metagen_ppl.engine.api import fit
 
 __version__ = "0.1.0"
 

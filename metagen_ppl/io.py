@@ -13,7 +13,7 @@ Data file (written by ``metagen-ppl simulate``, read by ``metagen-ppl fit``)::
 :func:`data_from_json` turns such an object into a model's ``data`` dict
 (``{"x": (N, 3) tensor, "o": (N,) long tensor}``); a model module may replace
 that conversion with its own ``data_from_json(obj, dtype)`` hook (see
-:mod:`metagen_ppl.registry`).
+:mod:`metagen_ppl.engine.registry`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .errors import DataError, MetagenError
+from metagen_ppl.errors import DataError, MetagenError
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "load_json", "data_from_json", "save_data",
            "to_jsonable", "check_output_path"]
@@ -270,3 +270,10 @@ def num_objects_from_json(obj, source: str = "<data>") -> Optional[int]:
     if k < 1:
         raise DataError(f"{source}: 'num_objects' must be at least 1, got {k}")
     return k
+
+def atomic_savefig(fig, path, **kwargs) -> None:
+    """``fig.savefig(path)`` atomically (:func:`metagen_ppl.io.atomic_path`; the format follows
+    ``path``'s extension)."""
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, **kwargs)

@@ -39,8 +39,8 @@ import pyro
 import pyro.distributions as dist
 from torch.distributions.transforms import PowerTransform
 
-from metagen_ppl.distributions import IsotropicNormal
-from metagen_ppl.init import kmeans_plusplus
+from metagen_ppl.engine.distributions import IsotropicNormal
+from metagen_ppl.engine.init import kmeans_plusplus
 from metagen_ppl.util import seeded
 
 COMPONENT_SITES = {"locs": 0, "weights": 0}

@@ -6,23 +6,14 @@ arithmetic build float64 tensors explicitly (the engine follows the data's dtype
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pyro
 import pytest
 import torch
 
-# The built-in ``models`` package lives at the repository root; make sure it is
-# importable even when pytest is started from another directory.
 # The tests use tiny tensors: intra-op threads only add synchronisation cost, and on a
 # shared 2-core machine they oversubscribe the CPU (measured 2-4x slower per EM/SVI step).
 torch.set_num_threads(1)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 @pytest.fixture(autouse=True)
@@ -35,8 +26,8 @@ def _clean_pyro_state():
 
 
 def simulated(num_objects, num_obs, seed, *, scale=1.0, weights=None, dtype=torch.float64):
-    """``models.baseline.simulate`` as tensors: ``(data, truth)``."""
-    from models import baseline
+    """``metagen_ppl.models.baseline.simulate`` as tensors: ``(data, truth)``."""
+    from metagen_ppl.models import baseline
 
     sim = baseline.simulate(num_objects, num_obs, seed, scale=scale, weights=weights)
     x = torch.tensor(sim["observations"], dtype=dtype)

@@ -8,7 +8,7 @@ no traceback unless ``--debug``. Each public-function case must raise a
 error) whose message names the problem. Inputs a model can take (scenes or
 frames without detections, detections of other COCO ids) must NOT error.
 
-The CLI runs in-process through ``metagen_ppl.cli.main`` (fast); two tests run
+The CLI runs in-process through ``metagen_ppl.apps.cli.main`` (fast); two tests run
 it as a subprocess end to end. Every data file here is hand-made and tiny.
 """
 
@@ -25,7 +25,7 @@ import sys
 import pytest
 import torch
 
-from metagen_ppl.cli import main
+from metagen_ppl.apps.cli.main import main
 from metagen_ppl.errors import DataError, MetagenError, ModelError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -556,7 +556,7 @@ META_SIM_CASES = [
     ("V-negative", ["--V", "NEG"], ["V.json", "'chair' is -1.0"]),
     ("V-missing-file", ["--V", "/nonexistent/V.json"], ["/nonexistent/V.json", "does not exist"]),
     ("subcommand-unknown", None, ["invalid choice: 'sing'"]),
-    ("subcommand-missing", [], ["required", "command"]),
+    ("subcommand-missing", [], ["required", "COMMAND"]),
 ]
 
 
@@ -785,7 +785,7 @@ def test_debug_prints_traceback(tmp_path, capsys, argv):
 
 # --------------------------------------------------------------------------- end to end (subprocess)
 def _launchers():
-    out = [pytest.param([sys.executable, "-m", "metagen_ppl.cli"], id="python-m")]
+    out = [pytest.param([sys.executable, "-m", "metagen_ppl.apps.cli"], id="python-m")]
     exe = shutil.which("metagen-ppl")
     ok = False
     if exe:
@@ -814,7 +814,7 @@ def test_end_to_end_bad_input_exit_code_and_one_line(tmp_path, launcher):
 
 # =========================================================================== public functions
 def _fit(method, data, k, **kw):
-    from metagen_ppl import api
+    from metagen_ppl.engine import api
 
     budget = {"em": dict(max_iter=2), "svi": dict(num_steps=2), "svi-normal": dict(num_steps=2),
               "mcmc": dict(num_samples=2, warmup_steps=1, num_chains=1)}[method]
@@ -856,7 +856,7 @@ def test_api_fit_rejects(method, data, k, kw, exc, needle):
 
 
 def test_api_fit_unknown_method():
-    from metagen_ppl import api
+    from metagen_ppl.engine import api
 
     with pytest.raises(MetagenError, match="unknown method 'bogus'"):
         api.fit("baseline", {"x": X}, 2, "bogus")
@@ -896,7 +896,7 @@ def _cat_data(o=None, x=X):
 
 
 def _categories(fn_name="fit_categorical", **kw):
-    from metagen_ppl import categories
+    from metagen_ppl.models.categorical import strategies as categories
 
     fn = getattr(categories, fn_name)
     budget = {"fit_categorical": dict(max_iter=2), "fit_categorical_svi": dict(num_steps=2),
@@ -1025,7 +1025,7 @@ def test_save_data_bad_path(tmp_path, where, needle):
 ], ids=["dict", "empty-list", "threshold-NaN", "top_n-negative", "box-empty", "box-2d", "V-None",
         "V-wrong-length", "V-string", "missing-file"])
 def test_scene_loader_rejects(call, needle):
-    from metagen_ppl import scenes as scenes_mod
+    from metagen_ppl.domain import scenes as scenes_mod
 
     with pytest.raises(DataError, match=None) as e:
         call(scenes_mod)
@@ -1033,7 +1033,7 @@ def test_scene_loader_rejects(call, needle):
 
 
 def test_load_scenes_names_the_file(tmp_path):
-    from metagen_ppl.scenes import load_scenes
+    from metagen_ppl.domain.scenes import load_scenes
 
     path = write(tmp_path, "scenes.json", mutated(scenes, _set([1, *DET, "position", 0], [0, 0, float("nan")])))
     with pytest.raises(DataError, match=r"scenes\.json: scene 1 \(path '001'\), frame 0: .*not finite"):
@@ -1049,7 +1049,7 @@ def test_load_scenes_names_the_file(tmp_path):
     (lambda m: m.batch_videos([]), "at least one video"),
 ], ids=["dict", "empty-list", "threshold-string", "top_n-negative", "missing-file", "batch-empty"])
 def test_video_loader_rejects(call, needle):
-    from metagen_ppl import metagen_data
+    from metagen_ppl.domain import metagen_data
 
     with pytest.raises(DataError) as e:
         call(metagen_data)
@@ -1057,7 +1057,7 @@ def test_video_loader_rejects(call, needle):
 
 
 def test_load_videos_names_the_file(tmp_path):
-    from metagen_ppl.metagen_data import load_videos
+    from metagen_ppl.domain.metagen_data import load_videos
 
     path = write(tmp_path, "videos.json", mutated(videos, _pop([1, "views", 2, "camera"])))
     with pytest.raises(DataError, match=r"videos\.json: video 1 \(path '001'\), frame 2: missing field 'camera'"):
@@ -1069,7 +1069,7 @@ _DEFAULT = object()
 
 
 def _meta(sc=_DEFAULT, **kw):
-    from metagen_ppl.metacognition import fit_metacognition
+    from metagen_ppl.models.detector.fit import fit_metacognition
 
     kw = dict(dict(max_rounds=1, max_iter=2, max_objects=2), **kw)
     return fit_metacognition(scenes() if sc is _DEFAULT else sc, **kw)
@@ -1141,7 +1141,7 @@ def test_fit_metacognition_accepts_scenes_without_detections(sc):
 ], ids=["scale-negative", "scale-NaN", "num_categories-zero", "num_categories-9", "box-empty", "rates-negative",
         "num_scenes-float", "zero-frames", "emission-unknown"])
 def test_detector_simulate_rejects(kw, needle):
-    from models import detector
+    from metagen_ppl.models import detector
 
     args = dict(num_scenes=1, num_frames=1, seed=0)
     args.update(kw)
@@ -1164,7 +1164,7 @@ def test_detector_simulate_rejects(kw, needle):
 ], ids=["missing-file", "no-detections", "method-unknown", "learn_on-unknown", "max_objects-zero", "svi_lr-NaN",
         "num_threads-zero", "out-is-file"])
 def test_evaluate_function_rejects(tmp_path, setup, kw, needle):
-    from metagen_ppl.evaluate import evaluate
+    from metagen_ppl.apps.evaluate import evaluate
 
     data = setup(tmp_path)
     out = tmp_path / "out"
@@ -1178,7 +1178,7 @@ def test_evaluate_function_rejects(tmp_path, setup, kw, needle):
 
 # --------------------------------------------------------------------------- camera
 def _cam(name, *args, **kw):
-    from metagen_ppl import camera
+    from metagen_ppl.domain import camera
 
     return getattr(camera, name)(*args, **kw)
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from metagen_ppl import DataError, EnumeratedModel, MetagenError, fit_em
-from metagen_ppl.align import align_samples, location_error, match, permutation_to
-from metagen_ppl.mcmc import fit_mcmc
-from metagen_ppl.svi import fit_svi
-from models import baseline
+from metagen_ppl.engine.align import align_samples, location_error, match, permutation_to
+from metagen_ppl.engine.mcmc import fit_mcmc
+from metagen_ppl.engine.svi import fit_svi
+from metagen_ppl.models import baseline
 
 SVI_STEPS = 200
 
@@ -256,7 +256,7 @@ def test_mcmc_converts_to_inference_data(mcmc_problem):
 @pytest.mark.parametrize("init_chains, expected", [("first", [True, False, False]), ("all", [True, True, True])])
 def test_mcmc_init_chains(monkeypatch, well_separated, init_chains, expected):
     """``init`` starts the first chain only (dispersed starts) or every chain (one mode)."""
-    import metagen_ppl.mcmc as mcmc_mod
+    import metagen_ppl.engine.mcmc as mcmc_mod
 
     data, truth = well_separated
     got = []

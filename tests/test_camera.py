@@ -1,4 +1,4 @@
-"""The angle-linear camera of DESIGN.md section 2 (metagen_ppl.camera)."""
+"""The angle-linear camera of DESIGN.md section 2 (metagen_ppl.domain.camera)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from metagen_ppl.camera import (FOV_DEG, HALF_FOV, IMAGE_SIZE, camera_frame, pixel_to_ray, project,
+from metagen_ppl.domain.camera import (FOV_DEG, HALF_FOV, IMAGE_SIZE, camera_frame, pixel_to_ray, project,
                                 triangulate, visible)
 from metagen_ppl.errors import DataError
 
@@ -205,7 +205,7 @@ def test_bad_shapes_raise_data_error():
                     reason="shared MetaGen data (../shared/data/metagen2021) not present")
 def test_camera_matches_the_real_data():
     """Ground-truth objects project a few pixels from their confident detections."""
-    from metagen_ppl.metagen_data import load_videos
+    from metagen_ppl.domain.metagen_data import load_videos
 
     videos = load_videos(os.path.join(DATA, "data_labelled_faster_rcnn.json"), score_threshold=0.5)
     errors = []

@@ -15,11 +15,11 @@ import pytest
 import torch
 from pyro import poutine
 
-from metagen_ppl.categories import (MAX_ENUMERATED_CONFIGS, fit_categorical, propose_categories,
+from metagen_ppl.models.categorical.strategies import (MAX_ENUMERATED_CONFIGS, fit_categorical, propose_categories,
                                     score_estimate)
-from metagen_ppl.enumeration import EnumeratedModel
+from metagen_ppl.engine.enumeration import EnumeratedModel
 from metagen_ppl.errors import DataError, MetagenError, ModelError
-from models import categorical as cm
+from metagen_ppl.models import categorical as cm
 
 F64 = torch.float64
 
@@ -154,7 +154,7 @@ def test_mstep_category_update_maximises_engine_q():
 
 def test_enumerated_confusion_update_equals_optimizer():
     """The closed-form A update under enumeration (recomputed joint counts) is the optimiser's argmax of Q."""
-    from metagen_ppl.em import optimizer_mstep
+    from metagen_ppl.engine.em import optimizer_mstep
 
     K, C = 2, 3
     data, _, _ = _scene(K, 60, seed=2, C=C)

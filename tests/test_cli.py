@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from metagen_ppl.cli import main
+from metagen_ppl.apps.cli.main import main
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -106,7 +106,7 @@ def test_em_recovers_truth_via_cli(data_file, tmp_path, capsys):
 
 
 def test_fit_model_by_path(data_file, tmp_path, capsys):
-    import models.baseline as baseline
+    import metagen_ppl.models.baseline as baseline
 
     variant = tmp_path / "my_variant.py"
     variant.write_text(open(baseline.__file__).read())
@@ -125,7 +125,7 @@ def test_help_in_process(capsys, argv):
 
 
 def test_help_subprocess_smoke():
-    proc = subprocess.run([sys.executable, "-m", "metagen_ppl.cli", "fit", "--help"],
+    proc = subprocess.run([sys.executable, "-m", "metagen_ppl.apps.cli", "fit", "--help"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--method" in proc.stdout and "--num-objects" in proc.stdout
@@ -245,7 +245,7 @@ def test_readme_model_variant_runs(data_file, tmp_path, capsys):
 
 def test_delegated_commands_help_and_errors(capsys, tmp_path):
     """metacognition and compare-categories hand every option to their own parsers."""
-    from metagen_ppl.cli import main
+    from metagen_ppl.apps.cli.main import main
 
     assert main(["metacognition", "--help"]) == 0
     assert "simulate" in capsys.readouterr().out
@@ -261,7 +261,7 @@ def test_fit_categorical_strategies_from_cli(tmp_path):
     """fit --model categorical --categories S runs each strategy and reports per-object categories."""
     import json
 
-    from metagen_ppl.cli import main
+    from metagen_ppl.apps.cli.main import main
 
     data = tmp_path / "cat.json"
     assert main(["simulate", "--model", "categorical", "--num-objects", "2", "--num-obs", "120",

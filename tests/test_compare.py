@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from metagen_ppl import compare as cmp
-from metagen_ppl.cli import main
-from metagen_ppl.registry import builtin_models
-from metagen_ppl.result import FitResult
+from metagen_ppl.apps import compare as cmp
+from metagen_ppl.apps.cli.main import main
+from metagen_ppl.engine.registry import builtin_models
+from metagen_ppl.engine.result import FitResult
 
 # Budgets small enough for a test, large enough that every method produces draws / traces.
 TINY = dict(em_inits=2, svi_steps=30, svi_normal_samples=20, mcmc_samples=8, mcmc_warmup=8, mcmc_chains=2,

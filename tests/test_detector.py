@@ -9,12 +9,18 @@ import math
 import pytest
 import torch
 
-from metagen_ppl.enumeration import EnumeratedModel
+from metagen_ppl.engine.enumeration import EnumeratedModel
 from metagen_ppl.errors import DataError, MetagenError, ModelError
-from metagen_ppl.metacognition import (V_error, fit_metacognition, main, object_metrics,
-                                       raw_detection_objects, truth_objects)
-from metagen_ppl.scenes import load_scenes, parse_scenes, parse_V, write_scenes
-from models import detector
+from metagen_ppl.apps.cli.main import main as cli_main
+from metagen_ppl.domain.objects import V_error, object_metrics, raw_detection_objects, truth_objects
+from metagen_ppl.models.detector.fit import fit_metacognition
+from metagen_ppl.domain.scenes import load_scenes, parse_scenes, parse_V, write_scenes
+from metagen_ppl.models import detector
+
+
+def main(argv):
+    """``metagen-ppl metacognition ARGV``."""
+    return cli_main(["metacognition", *argv])
 
 
 @pytest.fixture(autouse=True)
@@ -117,7 +123,7 @@ def test_em_log_joint_never_decreases_and_generic_fit_em(small):
             assert b["log_joint"] >= a["log_joint"] - 1e-9 * abs(a["log_joint"]), (a, b)
     assert n_em >= 2
     # the same model and closed-form M-step through the generic engine (known structure)
-    from metagen_ppl.em import fit_em
+    from metagen_ppl.engine.em import fit_em
 
     K = 4
     cats, active, _ = _truth_structure(small, K)
@@ -267,7 +273,7 @@ def test_real_data_ground_truth_parses_like_the_real_loader():
         for view in video["views"]:
             view["detections"]["position"] = [[0.0, 0.0, 0.0]] * len(view["detections"]["labels"])
     sc = parse_scenes(obj)
-    from metagen_ppl.metagen_data import parse_videos
+    from metagen_ppl.domain.metagen_data import parse_videos
 
     vids = parse_videos(json.load(open(path))[:3])
     for t, v in zip(sc.truth, vids):

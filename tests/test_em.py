@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from metagen_ppl import DataError, EnumeratedModel, MetagenError, ModelError, fit_em, load_model
-from metagen_ppl.em import initial_values, optimizer_mstep
-from models import baseline
+from metagen_ppl.engine.em import initial_values, optimizer_mstep
+from metagen_ppl.models import baseline
 
 # Relative slack for "never decreases": the log joint is a float64 sum of
 # O(N) terms of size O(10), so its rounding error is ~1e-16 * N * 10 << 1e-9 * |L|.

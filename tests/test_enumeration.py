@@ -22,7 +22,7 @@ import torch
 from pyro.distributions import constraints
 
 from metagen_ppl import DataError, EnumeratedModel, ModelError, fit_em, load_model
-from models import baseline
+from metagen_ppl.models import baseline
 
 ATOL = 1e-8  # see module docstring
 D = 3

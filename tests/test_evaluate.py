@@ -12,11 +12,13 @@ import os
 import pytest
 import torch
 
-import models.projective as P
-from metagen_ppl import camera
+import metagen_ppl.models.projective.generative as P
+from metagen_ppl.domain import camera
 from metagen_ppl.errors import DataError, MetagenError
-from metagen_ppl.evaluate import add_evaluate_parser, evaluate, run_evaluate
-from metagen_ppl.metagen_data import CATEGORIES
+from metagen_ppl.apps.cli import evaluate as evaluate_cli
+from metagen_ppl.apps.cli.common import parent_parsers
+from metagen_ppl.apps.evaluate import evaluate
+from metagen_ppl.domain.metagen_data import CATEGORIES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIRS = ["/work/shared/data/metagen2021", os.path.join(ROOT, "..", "shared", "data", "metagen2021")]
@@ -150,12 +152,12 @@ def test_bad_input_names_video_and_frame(synthetic, tmp_path):
 def test_command_line_parser(synthetic, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="metagen-ppl")
     sub = parser.add_subparsers(dest="command")
-    add_evaluate_parser(sub)
+    evaluate_cli.add_parser(sub, parent_parsers())
     small = tmp_path / "small.json"
     small.write_text(json.dumps(synthetic["sim"][:4]))
     args = parser.parse_args(["evaluate", "--data", str(small), "--out", str(tmp_path / "cli"), "--plots", "0",
                               "--no-lesioned", "--no-progress"])
-    assert args.func is run_evaluate and args.method == "em" and args.learn_on == "all"
+    assert args.func is evaluate_cli.run and args.method == "em" and args.learn_on == "all"
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert "ours" in text and "detector_fitted" in text

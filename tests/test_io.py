@@ -12,7 +12,7 @@ import torch
 from metagen_ppl.errors import DataError, MetagenError
 from metagen_ppl.io import (atomic_write_json, atomic_write_text, data_from_json, load_json,
                             num_objects_from_json, save_data)
-from metagen_ppl.registry import load_model
+from metagen_ppl.engine.registry import load_model
 
 
 def test_atomic_write_text_replaces_and_leaves_no_temp(tmp_path):

@@ -1,4 +1,4 @@
-"""Loader of the MetaGen detection JSON (metagen_ppl.metagen_data)."""
+"""Loader of the MetaGen detection JSON (metagen_ppl.domain.metagen_data)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from metagen_ppl.errors import DataError
-from metagen_ppl.metagen_data import (CATEGORIES, COCO_TO_CATEGORY, batch_videos, category_index,
+from metagen_ppl.domain.metagen_data import (CATEGORIES, COCO_TO_CATEGORY, batch_videos, category_index,
                                       load_videos, parse_videos, split_of)
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "metagen2021")

@@ -1,4 +1,4 @@
-"""Real-data metrics of DESIGN.md section 5 (metagen_ppl.metrics), on hand-computed frames."""
+"""Real-data metrics of DESIGN.md section 5 (metagen_ppl.domain.metrics), on hand-computed frames."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from metagen_ppl.errors import DataError
-from metagen_ppl.metagen_data import load_videos, parse_videos
-from metagen_ppl.metrics import (box_similarity, detector_baselines, detector_frame_scores,
+from metagen_ppl.domain.metagen_data import load_videos, parse_videos
+from metagen_ppl.domain.metrics import (box_similarity, detector_baselines, detector_frame_scores,
                                  detector_predictions, fit_threshold, frame_category_jaccard,
                                  split_means, true_categories_per_frame, video_score, visible_objects,
                                  world_state_frame_scores)
@@ -132,7 +132,7 @@ def test_visible_objects_and_true_categories():
 
 
 def test_detector_predictions_sorting_threshold_top_n():
-    from metagen_ppl.metagen_data import Detections
+    from metagen_ppl.domain.metagen_data import Detections
 
     scores = torch.tensor([0.9, 0.3, 0.6, 0.05, 0.7, 0.8, 0.2])
     det = Detections(centers=torch.arange(14.0).reshape(7, 2), categories=torch.arange(7),

@@ -19,11 +19,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from metagen_ppl import fit_em, plots  # noqa: E402
-from metagen_ppl.mcmc import fit_mcmc  # noqa: E402
-from metagen_ppl.result import FitResult  # noqa: E402
-from metagen_ppl.svi import fit_svi  # noqa: E402
-from models import baseline  # noqa: E402
+from metagen_ppl import fit_em
+from metagen_ppl.apps import plots  # noqa: E402
+from metagen_ppl.engine.mcmc import fit_mcmc  # noqa: E402
+from metagen_ppl.engine.result import FitResult  # noqa: E402
+from metagen_ppl.engine.svi import fit_svi  # noqa: E402
+from metagen_ppl.models import baseline  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-import models.projective as P
-from metagen_ppl import camera
-from metagen_ppl.enumeration import EnumeratedModel
+import metagen_ppl.models.projective.generative as P
+from metagen_ppl.domain import camera
+from metagen_ppl.engine.enumeration import EnumeratedModel
 from metagen_ppl.errors import DataError
-from metagen_ppl.metagen_data import COCO_TO_CATEGORY, parse_videos
+from metagen_ppl.domain.metagen_data import COCO_TO_CATEGORY, parse_videos
 
 COCO = {v: k for k, v in COCO_TO_CATEGORY.items()}
 
@@ -130,7 +130,7 @@ def test_engine_and_direct_agree_on_simulated_data():
         for f in (0.9, 1.1):
             assert float(em.q_value(dict(new, **{name: new[name] * f}), est)) < q_new
     # Gauss-Newton location M-step: raises the engine's Q and agrees with its generic LBFGS M-step
-    from metagen_ppl.em import optimizer_mstep
+    from metagen_ppl.engine.em import optimizer_mstep
 
     gn = P.location_mstep(data, new, resp, cats, active, iters=20)
     lb = optimizer_mstep(em, new, est, ["locs"], steps=100)
@@ -264,7 +264,7 @@ def test_V_recovered_on_simulated_data():
 def test_truth_mode_and_fixed_mode():
     videos = parse_videos(P.simulate(6, 10, seed=2))
     data = P.data_from_videos(videos)
-    from metagen_ppl.metagen_data import batch_videos
+    from metagen_ppl.domain.metagen_data import batch_videos
 
     b = batch_videos(videos)
     fit = P.fit_videos(data, mode="truth", truth=(b.gt_categories, b.gt_positions, b.gt_mask))

@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metagen_ppl import EnumeratedModel, fit_em
-from models import baseline
+from metagen_ppl.models import baseline
 
 # (a) Relative slack of "never decreases", as in test_em.py: the log joint is a float64 sum
 # of O(N) terms, rounding ~1e-16 * N * |term| << 1e-9 * |L| (|L| >= 1 is enforced by max()).

@@ -17,15 +17,15 @@ import textwrap
 import pytest
 import torch
 
-import models.detector as D
-import models.projective as P
-from metagen_ppl import cli
-from metagen_ppl import metacognition as MC
-from metagen_ppl.checkpoint import Checkpoint, CheckpointError, FitInterrupted, decode, encode
+import metagen_ppl.models.detector.generative as D
+from metagen_ppl.models import projective as P
+from metagen_ppl.apps.cli import main as cli
+import metagen_ppl.models.detector.fit as MC
+from metagen_ppl.engine.checkpoint import Checkpoint, CheckpointError, FitInterrupted, decode, encode
 from metagen_ppl.errors import MetagenError
-from metagen_ppl.evaluate import evaluate
-from metagen_ppl.metagen_data import parse_videos
-from metagen_ppl.scenes import parse_scenes, write_scenes
+from metagen_ppl.apps.evaluate import evaluate
+from metagen_ppl.domain.metagen_data import parse_videos
+from metagen_ppl.domain.scenes import parse_scenes, write_scenes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -223,7 +223,6 @@ def test_killed_between_write_and_replace(scenes_raw, reference, tmp_path):
     write_scenes(data, scenes_raw)
     script = textwrap.dedent(f"""
         import os, sys
-        sys.path.insert(0, {ROOT!r})
         import torch
         torch.set_num_threads(1)
         real, calls = os.replace, [0]
@@ -233,7 +232,7 @@ def test_killed_between_write_and_replace(scenes_raw, reference, tmp_path):
                 os._exit(137)          # killed after writing the temporary file, before the rename
             real(src, dst)
         os.replace = replace
-        from metagen_ppl.metacognition import fit_metacognition
+        from metagen_ppl.models.detector.fit import fit_metacognition
         fit_metacognition({str(data)!r}, estep="direct", checkpoint={str(tmp_path / 'c.json')!r})
     """)
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -298,10 +297,10 @@ def test_metacognition_cli_sigint_and_resume(scenes_raw, reference, tmp_path, ca
         # a process started in the background by a non-interactive shell inherits SIGINT ignored:
         # restore Python's Ctrl-C handler so the signal below raises KeyboardInterrupt everywhere
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        sys.path.insert(0, {ROOT!r})
         import torch
         torch.set_num_threads(1)
-        from metagen_ppl import cli, metacognition as MC
+        from metagen_ppl.apps.cli import main as cli
+        import metagen_ppl.models.detector.fit as MC
         orig = MC._Fit.birth_step
         def birth_step(self):
             if self.round == 3:
@@ -423,9 +422,9 @@ def test_evaluate_svi_and_mcmc_units_reused(videos_file, tmp_path, monkeypatch):
     out = tmp_path / "svi"
     first = evaluate(videos_file, str(out), method="svi", svi_steps=5, **kw)
     os.remove(out / "checkpoints" / "evaluate.json")
-    import metagen_ppl.svi
+    import metagen_ppl.apps.evaluate
 
-    monkeypatch.setattr(metagen_ppl.svi, "fit_svi", lambda *a, **k: pytest.fail("SVI rerun"))
+    monkeypatch.setattr(metagen_ppl.apps.evaluate, "fit_svi", lambda *a, **k: pytest.fail("SVI rerun"))
     again = evaluate(videos_file, str(out), method="svi", svi_steps=5, resume=True, **kw)
     assert again["splits"] == first["splits"]
     with pytest.raises(MetagenError, match="needs checkpoint"):

@@ -24,9 +24,9 @@ import pytest
 import torch
 
 from metagen_ppl import DataError, EnumeratedModel, MetagenError, fit_em
-from metagen_ppl.mcmc import fit_mcmc
-from metagen_ppl.svi import fit_svi
-from models import baseline
+from metagen_ppl.engine.mcmc import fit_mcmc
+from metagen_ppl.engine.svi import fit_svi
+from metagen_ppl.models import baseline
 
 DTYPES = ["float32", "float64"]
 TORCH = {"float32": torch.float32, "float64": torch.float64}
@@ -387,7 +387,7 @@ def test_a_reseed_that_lowers_the_log_joint_is_refused(tmp_path):
     path = tmp_path / "bad_reseed.py"
     path.write_text(textwrap.dedent("""
         import torch
-        from models.baseline import model, closed_form_mstep, initialize
+        from metagen_ppl.models.baseline import model, closed_form_mstep, initialize
 
         def reseed_empty(data, marginals, params, num_objects, *, threshold, skip=(), **_):
             nk = marginals["z"].sum(0)
@@ -439,7 +439,7 @@ def test_conversion_that_overflows_is_a_data_error():
 def test_cli_fit_in_float32_end_to_end(tmp_path, method):
     """``metagen-ppl fit --dtype float32``: the CLI converts the data; the fit runs in float32
     and its result file holds only finite numbers."""
-    from metagen_ppl.cli import main
+    from metagen_ppl.apps.cli.main import main
 
     data, out = tmp_path / "data.json", tmp_path / "fit.json"
     assert main(["simulate", "--num-objects", "2", "--num-obs", "40", "--seed", "3", "--out", str(data)]) == 0

@@ -1,0 +1,835 @@
+"""``metagen-ppl compare``: EM, SVI and MCMC on one model and one data set, one report.
+
+For a model (built-in name or ``.py`` path) and a data set (simulated by the
+model's ``simulate`` hook by default, or a JSON file), :func:`compare` runs
+
+* EM (MAP-EM; for a model with per-object category sites, each category
+  strategy: ``em-mstep``, ``em-enumerate``, ``em-sample``),
+* SVI-MAP (``TraceEnum_ELBO`` + ``AutoDelta``), SVI-AutoNormal,
+* MCMC (NUTS, assignments enumerated out, draws label-aligned),
+
+with one seed and one set of budgets, and writes a report folder::
+
+    OUT/data.json                  the data set (simulated runs)
+    OUT/methods/<method>.json      each method's FitResult (written when it finishes)
+    OUT/methods/<method>.nc        its arviz InferenceData (netCDF)
+    OUT/methods/<method>.status.json   ok / failed (with the error), settings fingerprint
+    OUT/results.json               the table, the diagnostics, the settings
+    OUT/report.md, OUT/report.html the report (the HTML embeds its images)
+    OUT/*.png                      the plots
+
+Every file is written atomically. ``resume=True`` reuses each method whose
+status file says it finished with the same data and settings (a failed method
+is run again); a method that raises is recorded with its error in the table and
+the others still run.
+
+Models with a discrete *structure* that EM searches (the number and categories
+of objects: ``detector``, ``projective``) provide a ``prepare_comparison`` hook
+(see :func:`default_setup` for the protocol): the structure is found once by the
+model's own EM search, and every method then fits the continuous unknowns with
+that structure fixed, so the rows compare like with like.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import html
+import json
+import math
+import os
+import time
+import traceback
+import warnings
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from metagen_ppl.apps import plots
+from metagen_ppl.engine.align import location_error, permutation_to
+from metagen_ppl.engine.checkpoint import FitInterrupted
+from metagen_ppl.engine.comparison import ComparisonSetup
+from metagen_ppl.engine.em import fit_em
+from metagen_ppl.engine.mcmc import fit_mcmc
+from metagen_ppl.engine.registry import load_model, ModelSpec
+from metagen_ppl.engine.result import FitResult
+from metagen_ppl.engine.svi import fit_svi, loss_flattened
+from metagen_ppl.errors import DataError, MetagenError, ModelError
+from metagen_ppl.io import (atomic_path, atomic_write_json, atomic_write_text, data_from_json, load_json,
+                            num_objects_from_json, to_jsonable)
+from metagen_ppl.models.categorical import strategies as cat
+
+__all__ = ["compare", "Budget", "ComparisonSetup", "default_setup", "diagnose",
+           "BASE_METHODS", "CATEGORY_STRATEGIES"]
+
+BASE_METHODS = ("em", "svi-map", "svi-normal", "mcmc")
+CATEGORY_STRATEGIES = ("mstep", "enumerate", "sample")
+RHAT_MAX = 1.01
+ESS_MIN_PER_CHAIN = 100  # arviz's guidance: bulk and tail ESS of at least 100 per chain
+
+
+# --------------------------------------------------------------------------- settings
+@dataclasses.dataclass
+class Budget:
+    """Budgets shared by every method of one comparison (``None`` = the model's default)."""
+
+    em_inits: int = 3
+    em_max_iter: int = 200
+    em_tol: float = 1e-6
+    svi_steps: int = 500
+    svi_lr: float = 0.05
+    svi_normal_samples: int = 200
+    mcmc_samples: int = 150
+    mcmc_warmup: int = 150
+    mcmc_chains: int = 2
+    mcmc_max_tree_depth: int = 8
+    mcmc_target_accept: float = 0.8
+    mcmc_jit: bool = True
+    category_samples: int = 32
+
+    def check(self) -> "Budget":
+        positive = ("em_inits", "em_max_iter", "svi_steps", "svi_normal_samples", "mcmc_samples", "mcmc_chains",
+                    "mcmc_max_tree_depth", "category_samples")
+        for name in positive:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise MetagenError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if isinstance(self.mcmc_warmup, bool) or not isinstance(self.mcmc_warmup, int) or self.mcmc_warmup < 0:
+            raise MetagenError(f"mcmc-warmup must be a non-negative integer, got {self.mcmc_warmup!r}")
+        for name in ("em_tol", "svi_lr"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise MetagenError(f"{name.replace('_', '-')} must be a positive number, got {v!r}")
+        if not (0.0 < self.mcmc_target_accept < 1.0):
+            raise MetagenError(f"mcmc-target-accept must be in (0, 1), got {self.mcmc_target_accept!r}")
+        return self
+
+
+# --------------------------------------------------------------------------- set-up
+def _as_tensor_locs(value, dtype=torch.float64):
+    try:
+        t = torch.as_tensor(value, dtype=dtype)
+    except (TypeError, ValueError):
+        return None
+    return t if t.dim() == 2 else None
+
+
+def default_setup(spec: ModelSpec, obj: dict, *, dtype=torch.float64, num_objects: Optional[int] = None,
+                  options: Optional[dict] = None, source: str = "<data>", **_) -> ComparisonSetup:
+    """The set-up of a point model (one scene, observations ``x`` (N, D)).
+
+    A model module replaces it by defining ``prepare_comparison(obj, *, seed, dtype,
+    num_objects, options, progress, log, source) -> ComparisonSetup``.
+    """
+
+    data = data_from_json(obj, spec, dtype=dtype, source=source)
+    k = num_objects if num_objects is not None else num_objects_from_json(obj, source)
+    if k is None:
+        truth_locs = _as_tensor_locs((obj.get("truth") or {}).get(spec.location_site))
+        k = None if truth_locs is None else int(truth_locs.shape[0])
+    if k is None:
+        raise DataError(f"give --num-objects: {source!r} has no 'num_objects' field and no truth")
+    opts = dict(obj.get("options") or {}) if isinstance(obj.get("options"), dict) else {}
+    opts.update(options or {})
+    truth = obj.get("truth") if isinstance(obj.get("truth"), dict) else None
+    site = spec.location_site
+    true_locs = _as_tensor_locs(truth.get(site)) if truth and site else None
+    x = data.get("x")
+
+    strategies = CATEGORY_STRATEGIES if _has_category_sites(spec) else ()
+
+    def accuracy(res: FitResult) -> dict:
+        out = {}
+        if strategies:
+            # one definition for every row: categories and assignments summed out at the estimate
+            score = (res.info or {}).get("score") or {}
+            if score.get("log_lik_marginal") is not None:
+                out["log lik. (c summed out)"] = float(score["log_lik_marginal"])
+        if true_locs is None or site not in res.params:
+            return out
+        est = res.params[site].detach().double()
+        if est.shape[-1] != true_locs.shape[-1] or est.dim() != 2:
+            return out
+        out["location error"] = location_error(est, true_locs)
+        z_true = truth.get("z")
+        z_post = res.posteriors.get("z")
+        if z_true is not None and z_post is not None and est.shape[0] == true_locs.shape[0]:
+            perm = permutation_to(est, true_locs)  # est[perm[j]] matches true j
+            inv = torch.empty_like(perm)
+            inv[perm] = torch.arange(len(perm))
+            z_hat = inv[z_post.argmax(-1)]
+            out["assignment accuracy"] = float((z_hat == torch.as_tensor(z_true)).double().mean())
+            cats_true, cats_hat = truth.get("cats"), res.params.get("cats")
+            if cats_true is not None and cats_hat is not None:
+                ct = torch.as_tensor(cats_true)
+                out["category accuracy"] = float((torch.as_tensor(cats_hat)[perm] == ct).double().mean())
+        return out
+
+    def scene(res: FitResult):
+        v = res.params.get(site) if site else None
+        return None if v is None or v.dim() != 2 or v.shape[-1] != 3 else v.detach().double().numpy()
+
+    plot3d = torch.is_tensor(x) and x.dim() == 2 and x.shape[-1] == 3
+    notes = []
+    if strategies:
+        notes.append("Category model: `log lik. at estimate` of em-mstep and em-sample is log p(x, o | theta, c) "
+                     "at their category vector c (their objective); em-enumerate, SVI and MCMC sum c out. "
+                     "`log lik. (c summed out)` gives every row on the same footing.")
+    return ComparisonSetup(
+        data=data, num_objects=int(k), options=opts, truth=truth, accuracy=accuracy,
+        scene=scene if plot3d else None,
+        scene_observations=x.detach().double().numpy() if plot3d else None,
+        scene_truth=true_locs.numpy() if (plot3d and true_locs is not None and true_locs.shape[-1] == 3) else None,
+        category_strategies=strategies, notes=notes)
+
+
+def _has_category_sites(spec: ModelSpec) -> bool:
+    declared = getattr(spec.module, "CATEGORY_STRATEGIES", None)
+    if declared is not None:
+        return bool(declared)
+    return spec.name == "categorical"
+
+
+def _setup(spec, obj, *, seed, dtype, num_objects, options, progress, log, source) -> ComparisonSetup:
+    hook = getattr(spec.module, "prepare_comparison", None)
+    kw = dict(dtype=dtype, num_objects=num_objects, options=options, source=source)
+    if hook is None:
+        return default_setup(spec, obj, **kw)
+    setup = hook(obj, seed=seed, progress=progress, log=log, **kw)
+    if not isinstance(setup, ComparisonSetup):
+        raise ModelError(f"model {spec.name!r}: prepare_comparison must return a metagen_ppl.engine.comparison."
+                         f"ComparisonSetup, got {type(setup).__name__}")
+    return setup
+
+
+# --------------------------------------------------------------------------- runners
+def _check_method_names(methods=None) -> list:
+    """The requested method names (default: all), each a known one."""
+    wanted = list(BASE_METHODS) if methods is None else list(methods)
+    for m in wanted:
+        if m not in BASE_METHODS and not (m.startswith("em-") and m[3:] in CATEGORY_STRATEGIES):
+            raise MetagenError(f"unknown method {m!r}; choose from {', '.join(BASE_METHODS)} "
+                               f"(or em-{'/em-'.join(CATEGORY_STRATEGIES)} for category models)")
+    return wanted
+
+
+def method_names(setup: ComparisonSetup, methods=None) -> list:
+    """The methods of a comparison, in report order; ``"em"`` expands to every category strategy."""
+    wanted = _check_method_names(methods)
+    out = []
+    for m in wanted:
+        if m == "em" and setup.category_strategies:
+            out.extend(f"em-{s}" for s in setup.category_strategies)
+        elif m.startswith("em-") and not setup.category_strategies:
+            raise MetagenError(f"method {m!r} needs a model with per-object category sites; use 'em'")
+        else:
+            out.append(m)
+    seen = set()
+    return [m for m in out if not (m in seen or seen.add(m))]
+
+
+def _run_method(spec: ModelSpec, setup: ComparisonSetup, method: str, budget: Budget, seed: int,
+                progress: bool) -> FitResult:
+    b = budget
+    common = dict(seed=seed, progress=progress, options=setup.options)
+    if setup.init:
+        common["init"] = setup.init
+    K, data = setup.num_objects, setup.data
+    if setup.category_strategies:
+        if method.startswith("em-"):
+            res = cat.fit_categorical(data, K, strategy=method[3:], model=spec, num_inits=b.em_inits,
+                                      max_iter=b.em_max_iter, tol=b.em_tol,
+                                      num_category_samples=b.category_samples, **common)
+        elif method in ("svi-map", "svi-normal"):
+            res = cat.fit_categorical_svi(data, K, model=spec, guide="normal" if method == "svi-normal" else "delta",
+                                          num_steps=b.svi_steps, lr=b.svi_lr,
+                                          num_posterior_samples=b.svi_normal_samples, **common)
+        else:
+            res = cat.fit_categorical_mcmc(data, K, model=spec, num_samples=b.mcmc_samples,
+                                           warmup_steps=b.mcmc_warmup, num_chains=b.mcmc_chains,
+                                           max_tree_depth=b.mcmc_max_tree_depth,
+                                           target_accept_prob=b.mcmc_target_accept, jit_compile=b.mcmc_jit,
+                                           **common)
+    elif method == "em":
+        res = fit_em(spec, data, K, num_inits=b.em_inits, max_iter=b.em_max_iter, tol=b.em_tol, **common)
+    elif method in ("svi-map", "svi-normal"):
+        res = fit_svi(spec, data, K, guide="normal" if method == "svi-normal" else "delta", num_steps=b.svi_steps,
+                      lr=b.svi_lr, num_posterior_samples=b.svi_normal_samples, **common)
+    else:
+        if setup.init:
+            common["init_chains"] = setup.mcmc_init_chains
+        res = fit_mcmc(spec, data, K, num_samples=b.mcmc_samples, warmup_steps=b.mcmc_warmup,
+                       num_chains=b.mcmc_chains, max_tree_depth=b.mcmc_max_tree_depth,
+                       target_accept_prob=b.mcmc_target_accept, jit_compile=b.mcmc_jit, **common)
+    res.method = method
+    return res
+
+
+def _method_settings(method: str, budget: Budget) -> dict:
+    b = dataclasses.asdict(budget)
+    if method.startswith("em"):
+        keys = ("em_inits", "em_max_iter", "em_tol", "category_samples")
+    elif method.startswith("svi"):
+        keys = ("svi_steps", "svi_lr") + (("svi_normal_samples",) if method == "svi-normal" else ())
+    else:
+        keys = ("mcmc_samples", "mcmc_warmup", "mcmc_chains", "mcmc_max_tree_depth", "mcmc_target_accept",
+                "mcmc_jit")
+    return {k: b[k] for k in keys}
+
+
+# --------------------------------------------------------------------------- storage
+def _fingerprint(obj) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _write_netcdf(idata, path) -> None:
+    """``idata.to_netcdf`` through :func:`metagen_ppl.io.atomic_path` (atomic)."""
+    with atomic_path(path) as tmp:
+        idata.to_netcdf(tmp, engine="h5netcdf")
+
+
+def _save_method(out_dir, method, res: Optional[FitResult], status: dict) -> dict:
+    mdir = os.path.join(out_dir, "methods")
+    os.makedirs(mdir, exist_ok=True)
+    files = {}
+    if res is not None:
+        files["result"] = os.path.join("methods", f"{method}.json")
+        res.to_json(os.path.join(out_dir, files["result"]), include_posteriors=True)
+        try:
+            idata = res.to_inference_data()
+            files["inference_data"] = os.path.join("methods", f"{method}.nc")
+            _write_netcdf(idata, os.path.join(out_dir, files["inference_data"]))
+        except Exception as e:  # a result without an InferenceData still counts
+            status.setdefault("notes", []).append(f"no InferenceData: {type(e).__name__}: {e}")
+    status = dict(status, files=files)
+    # the status file is written last: its presence means the method's files are complete
+    atomic_write_json(os.path.join(mdir, f"{method}.status.json"), status)
+    return status
+
+
+def _load_method(out_dir, method, fingerprint) -> Optional[tuple]:
+    """A finished method's ``(FitResult, status)`` if its files match ``fingerprint``, else ``None``."""
+    path = os.path.join(out_dir, "methods", f"{method}.status.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            status = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if status.get("fingerprint") != fingerprint or status.get("status") != "ok":
+        return None
+    try:
+        with open(os.path.join(out_dir, status["files"]["result"]), encoding="utf-8") as fh:
+            res = FitResult.from_dict(json.load(fh))
+        nc = status["files"].get("inference_data")
+        if nc and res.info.get("has_samples"):
+            import arviz as az
+
+            idata = az.from_netcdf(os.path.join(out_dir, nc))
+            res.samples = {k: torch.as_tensor(idata.posterior[k].values) for k in idata.posterior.data_vars}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return res, status
+
+
+# --------------------------------------------------------------------------- diagnostics
+def mcmc_summary(res: FitResult) -> dict:
+    """Max R-hat and min bulk / tail ESS of the (label-aligned) draws; NaN where undefined."""
+    out = {"r_hat": float("nan"), "ess_bulk": float("nan"), "ess_tail": float("nan")}
+    if not res.samples:
+        return out
+    import arviz as az
+
+    data = {k: v.detach().double().cpu().numpy() for k, v in res.samples.items()}
+    ds = az.convert_to_dataset(data)
+    chains = next(iter(data.values())).shape[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if chains > 1:
+            r = az.rhat(ds)
+            out["r_hat"] = float(np.nanmax([np.nanmax(np.asarray(r[k])) for k in r.data_vars]))
+        for kind in ("bulk", "tail"):
+            e = az.ess(ds, method=kind)
+            out[f"ess_{kind}"] = float(np.nanmin([np.nanmin(np.asarray(e[k])) for k in e.data_vars]))
+    return out
+
+
+def diagnose(method: str, res: FitResult, budget: Budget, summary: Optional[dict] = None) -> list:
+    """Warnings about one result, each with what to change (``summary``: :func:`mcmc_summary` of an
+    MCMC result, if already computed)."""
+    out = []
+    info = res.info or {}
+    if method.startswith("em"):
+        if not res.converged:
+            out.append(f"{method}: stopped at max_iter = {res.n_iter} before the log joint changed by less "
+                       f"than tol = {budget.em_tol:g}; raise --em-max-iter (or loosen --em-tol)")
+        scores = [s for s in (info.get("restart_log_joint") or []) if s is not None and math.isfinite(s)]
+        if len(scores) > 1:
+            spread = max(scores) - min(scores)
+            if spread > max(1e-3, 1e-6 * abs(max(scores))):
+                out.append(f"{method}: the {len(scores)} restarts reached different optima (log joints "
+                           f"{', '.join(f'{s:.2f}' for s in sorted(scores, reverse=True))}); the best is "
+                           "reported; raise --em-inits to make finding the best optimum likelier")
+        for item in info.get("reinitialised") or []:
+            out.append(f"{method}: a component lost all responsibility and was re-initialised ({item}); "
+                       "K may be larger than the data support — try a smaller --num-objects")
+            break
+    elif method.startswith("svi"):
+        trace = [t for t in res.trace if t is not None]
+        if not loss_flattened(trace):
+            out.append(f"{method}: the ELBO had not flattened after {len(trace)} steps (its last 10% still "
+                       "moved by more than its noise); raise --svi-steps or lower --svi-lr")
+    elif method == "mcmc":
+        s = summary if summary is not None else mcmc_summary(res)
+        chains = int(info.get("num_chains", 1) or 1)
+        if chains < 2:
+            out.append("mcmc: one chain, so R-hat cannot be computed; use --mcmc-chains 2 or more")
+        elif not (s["r_hat"] <= 1.2):
+            out.append(f"mcmc: max R-hat {s['r_hat']:.3f}: the chains sit in different modes even after label "
+                       "alignment (see the trace plot); a longer run rarely fixes this: compare the chains' log "
+                       "joints, and start the chains near EM's estimate or use more EM restarts to find the best mode")
+        elif not (s["r_hat"] <= RHAT_MAX):
+            out.append(f"mcmc: max R-hat {s['r_hat']:.3f} > {RHAT_MAX} (chains disagree after label alignment); "
+                       "raise --mcmc-warmup and --mcmc-samples, or run more chains")
+        need = ESS_MIN_PER_CHAIN * chains
+        low = [k for k in ("ess_bulk", "ess_tail") if not (s[k] >= need)]
+        if low:
+            out.append(f"mcmc: low effective sample size (bulk {s['ess_bulk']:.0f}, tail {s['ess_tail']:.0f}; "
+                       f"want >= {need} = {ESS_MIN_PER_CHAIN} per chain); raise --mcmc-samples")
+        div = sum(info.get("divergences") or [0])
+        if div:
+            out.append(f"mcmc: {div} divergent transitions; raise --mcmc-target-accept (e.g. 0.95) or "
+                       "reparametrise the model")
+    return out
+
+
+def _agreement_warnings(results: dict) -> list:
+    """EM and SVI-MAP maximise the same objective: flag when they end far apart."""
+    out = []
+    em = [(m, r) for m, r in results.items() if m.startswith("em")]
+    svi = results.get("svi-map")
+    if svi is not None and em:
+        best_m, best = max(em, key=lambda mr: mr[1].log_joint)
+        gap = best.log_joint - svi.log_joint
+        if gap > max(1.0, 1e-4 * abs(best.log_joint)):
+            out.append(f"svi-map: its log joint is {gap:.2f} below {best_m}'s on the same objective "
+                       "(a worse optimum or not converged); raise --svi-steps, or start SVI from several seeds")
+    return out
+
+
+# --------------------------------------------------------------------------- table
+def _elbo(res: FitResult) -> Optional[float]:
+    if not res.method.startswith("svi"):
+        return None
+    trace = [t for t in res.trace if t is not None and math.isfinite(t)]
+    if not trace:
+        return None
+    w = max(1, len(trace) // 10)
+    return float(np.mean(trace[-w:]))
+
+
+def _row(method, res: Optional[FitResult], status: dict, setup: ComparisonSetup,
+         summary: Optional[dict] = None) -> dict:
+    row = {"method": method, "status": status.get("status", "ok"), "error": status.get("error")}
+    if res is None:
+        return row
+    acc = {}
+    if setup.accuracy is not None:
+        try:
+            acc = {k: float(v) for k, v in (setup.accuracy(res) or {}).items()}
+        except Exception as e:  # scoring must not lose the row
+            acc = {}
+            row["error"] = f"accuracy failed: {type(e).__name__}: {e}"
+    row.update(accuracy=acc, log_likelihood=float(res.log_likelihood), log_joint=float(res.log_joint),
+               elbo=_elbo(res), n_iter=int(res.n_iter),
+               iter_kind="draws" if method == "mcmc" else ("steps" if method.startswith("svi") else "iterations"),
+               converged=bool(res.converged), wall_time_s=float(res.wall_time_s))
+    if method == "mcmc":
+        row.update(summary if summary is not None else mcmc_summary(res))
+        row["divergences"] = int(sum(res.info.get("divergences") or [0]))
+    return row
+
+
+def _fmt(v, spec=".3f"):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return format(v, spec)
+
+
+def _table_cells(rows: list) -> tuple:
+    """The table once, for both renderings: ``(head, body)``; a body row is ``(method, status, error, cells)``
+    with ``error`` set (and ``cells`` empty) for a failed method."""
+    acc_names = []
+    for r in rows:
+        for k in (r.get("accuracy") or {}):
+            if k not in acc_names:
+                acc_names.append(k)
+    head = (["method", "status"] + acc_names + ["log lik. at estimate", "log joint", "ELBO", "iterations / draws",
+                                              "converged", "wall (s)", "R-hat", "ESS bulk", "ESS tail"])
+    body = []
+    for r in rows:
+        if r.get("status") != "ok":
+            body.append((r["method"], r.get("status"), r.get("error") or "", []))
+            continue
+        acc = r.get("accuracy") or {}
+        cells = [_fmt(acc.get(k)) for k in acc_names] + [
+            _fmt(r.get("log_likelihood"), ".2f"), _fmt(r.get("log_joint"), ".2f"), _fmt(r.get("elbo"), ".2f"),
+            f"{r.get('n_iter')} {r.get('iter_kind', '')}".strip(),
+            "yes" if r.get("converged") else "no", _fmt(r.get("wall_time_s"), ".2f"),
+            _fmt(r.get("r_hat")), _fmt(r.get("ess_bulk"), ".0f"), _fmt(r.get("ess_tail"), ".0f")]
+        body.append((r["method"], "ok", None, cells))
+    return head, body
+
+
+def table_markdown(rows: list) -> str:
+    """The comparison table (Markdown)."""
+    head, body = _table_cells(rows)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    for method, status, error, cells in body:
+        if error is not None:
+            cells = [f"**{status}**: " + error.replace("|", "\\|")] + [""] * (len(head) - 2)
+        else:
+            cells = [status] + cells
+        lines.append("| " + " | ".join([method] + cells) + " |")
+    return "\n".join(lines)
+
+
+def _table_html(rows: list) -> str:
+    head, body = _table_cells(rows)
+    out = []
+    for method, status, error, cells in body:
+        if error is not None:
+            tds = [f"<b>{html.escape(str(status))}</b>: {html.escape(error)}"] + [""] * (len(head) - 2)
+        else:
+            tds = [html.escape(c) for c in [status] + cells]
+        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in [html.escape(method)] + tds) + "</tr>")
+    return ("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join(out) + "</tbody></table>")
+
+
+# --------------------------------------------------------------------------- plots
+def _plots(out_dir, spec, setup, results, seed, log) -> tuple:
+    """Every plot of the report; a plot that fails is listed, not fatal."""
+    files, failures = {}, []
+    ok = [r for r in results.values() if r is not None]
+    point = [r for r in ok if r.method != "mcmc"]
+    mcmc = results.get("mcmc")
+
+    def attempt(name, fn):
+        try:
+            out = fn()
+        except Exception as e:
+            failures.append(f"{name} plot failed: {type(e).__name__}: {e}")
+            return
+        if isinstance(out, dict):
+            files.update({f"{name}_{k}": v for k, v in out.items() if v})
+        elif out:
+            files[name] = out
+
+    p = lambda name: os.path.join(out_dir, name)  # noqa: E731
+    attempt("objectives", lambda: plots.plot_objectives(
+        p("objectives.png"), [r for r in ok if r.method.startswith(("em", "svi"))],
+        title=f"{spec.name}: EM log joint per iteration and SVI ELBO per step"))
+    if mcmc is not None:
+        attempt("mcmc", lambda: plots.plot_mcmc_diagnostics(os.path.join(out_dir, "mcmc"), mcmc, point_results=point))
+    with_post = [r for r in ok if setup.assignment_site in (r.posteriors or {})]
+    if with_post:
+        em_mcmc = [r for r in with_post if r.method.startswith("em") or r.method == "mcmc"] or with_post
+        attempt("assignments", lambda: plots.plot_assignments(
+            p("assignments.png"), em_mcmc, site=setup.assignment_site, num_obs=20, seed=seed,
+            mask=setup.assignment_mask))
+    if setup.scene is not None:
+        estimates, draws = {}, {}
+        for r in ok:
+            loc = setup.scene(r)
+            if loc is not None and len(loc):
+                estimates[r.method] = np.asarray(loc, dtype=float)
+        if mcmc is not None and mcmc.samples:
+            site = spec.location_site
+            if site and site in mcmc.samples and mcmc.samples[site].shape[-1] == 3:
+                draws["mcmc draws"] = mcmc.samples[site].detach().double().reshape(-1, 3).numpy()
+        attempt("scene", lambda: plots.plot_scene_arrays(
+            p("scene.png"), observations=setup.scene_observations, truth=setup.scene_truth, estimates=estimates,
+            draws=draws, extra=setup.scene_extra,
+            title=f"{spec.name}: " + ("observations (grey), " if setup.scene_observations is not None else "")
+            + "truth (x) and each method's estimate"))
+    for f in failures:
+        log(f"warning: {f}")
+    return files, failures
+
+
+# --------------------------------------------------------------------------- report
+def _report_md(title, header_lines, table, warns, notes, figures) -> str:
+    parts = [f"# {title}", "", *header_lines, "", "## Results", "", table, ""]
+    parts += ["## Diagnostics", ""]
+    parts += [f"* {w}" for w in warns] if warns else ["* no warnings: every method converged by its own test."]
+    parts.append("")
+    if notes:
+        parts += ["## Notes", "", *[f"* {n}" for n in notes], ""]
+    parts += ["## Column definitions", "",
+              "* **accuracy columns** (when the truth is known): location error = mean distance between matched "
+              "estimated and true objects (Hungarian matching); assignment / category accuracy after the same "
+              "matching.",
+              "* **log lik. at estimate**: log p(x | estimate) with the discrete sites summed out exactly, the same "
+              "computation for every method (MCMC: at the label-aligned posterior mean).",
+              "* **log joint**: log lik. + log prior at the estimate (EM's and SVI-MAP's objective).",
+              "* **ELBO**: SVI's objective, mean over the last 10% of steps.",
+              f"* **R-hat, ESS**: MCMC after label alignment; max R-hat and min bulk / tail ESS over all scalars "
+              f"(targets: R-hat <= {RHAT_MAX}, ESS >= {ESS_MIN_PER_CHAIN} per chain).", ""]
+    for caption, rel in figures:
+        parts += [f"## {caption}", "", f"![{caption}]({rel})", ""]
+    return "\n".join(parts)
+
+
+def _md_inline(text: str) -> str:
+    out = html.escape(text)
+    import re
+
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+    return out
+
+
+def _report_html(title, header_lines, rows, warns, notes, figures, out_dir) -> str:
+    """A self-contained page: the same content as the Markdown, images embedded as base64."""
+    table = _table_html(rows)
+    imgs = []
+    for caption, rel in figures:
+        path = os.path.join(out_dir, rel)
+        try:
+            with open(path, "rb") as fh:
+                b64 = base64.b64encode(fh.read()).decode("ascii")
+        except OSError:
+            continue
+        imgs.append(f"<h2>{html.escape(caption)}</h2><img alt=\"{html.escape(caption)}\" "
+                    f"src=\"data:image/png;base64,{b64}\">")
+    warn_html = ("<ul class=\"warn\">" + "".join(f"<li>{_md_inline(w)}</li>" for w in warns) + "</ul>"
+                 if warns else "<p>No warnings: every method converged by its own test.</p>")
+    note_html = ("<h2>Notes</h2><ul>" + "".join(f"<li>{_md_inline(n)}</li>" for n in notes) + "</ul>") if notes else ""
+    header = "".join(f"<p>{_md_inline(h)}</p>" for h in header_lines if h)
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
+             "td:first-child,th:first-child,td:nth-child(2){text-align:left}.warn li{color:#a40}"
+             "img{max-width:100%;border:1px solid #ddd}")
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{header}<h2>Results</h2>{table}"
+            f"<h2>Diagnostics</h2>{warn_html}{note_html}{''.join(imgs)}</body></html>")
+
+
+# --------------------------------------------------------------------------- main entry
+def _load_data(spec, data, out_dir, seed, resume, simulation=None) -> tuple:
+    """``(obj, source)``: the data set as parsed JSON and where it came from."""
+    if data is None:
+        path = os.path.join(out_dir, "data.json")
+        sizes = getattr(spec.module, "COMPARE_SIMULATION", None) or {}
+        args = tuple(simulation if simulation is not None else sizes.get("args", (4, 600)))
+        kwargs = dict(sizes.get("kwargs", {}))
+        if spec.simulate is None:
+            raise ModelError(f"model {spec.name!r} has no simulate() hook; give a data file with --data")
+        obj = json.loads(json.dumps(spec.simulate(*args, seed, **kwargs)))  # as it reads back from the file
+        if resume and os.path.isfile(path):
+            if _fingerprint(load_json(path)) != _fingerprint(obj):
+                raise DataError(f"{path!r} holds a different simulated data set than this run (another seed, "
+                                "model or size); use another --out, or drop --resume to start again")
+        atomic_write_json(path, obj)
+        return obj, f"simulated (sizes {args}, seed {seed}; data.json)"
+    if isinstance(data, (dict, list)):
+        return data, "<data>"
+    return load_json(data), os.fspath(data)
+
+
+def compare(model="baseline", data=None, *, out_dir="metagen-compare", seed: int = 0, methods=None,
+            num_objects: Optional[int] = None, options: Optional[dict] = None, dtype="float64",
+            budget: Optional[Budget] = None, simulation: Optional[tuple] = None, resume: bool = False,
+            progress: bool = False, threads: Optional[int] = 1,
+            log: Optional[Callable[[str], None]] = None, **budget_kw) -> dict:
+    """Run EM, SVI-MAP, SVI-AutoNormal and MCMC on one model and data set; write the report.
+
+    Parameters
+    ----------
+    model : str, path or ModelSpec
+    data : path, parsed JSON, or None
+        ``None`` simulates a data set with the model's ``simulate`` hook (sizes from
+        the module's ``COMPARE_SIMULATION = {"args": (...), "kwargs": {...}}``).
+    out_dir : path
+        The report folder (created).
+    seed : int
+        One seed for the simulation and every method.
+    methods : list of str, optional
+        Subset of ``("em", "svi-map", "svi-normal", "mcmc")`` (``em-<strategy>`` for category models).
+    num_objects : int, optional
+        ``K``; default: the data file's ``num_objects`` (or the truth's).
+    options : dict, optional
+        Model keyword options.
+    dtype : {"float64", "float32"}
+    simulation : tuple, optional
+        The positional size arguments of ``simulate`` (e.g. ``(K, N)`` for the point
+        models), overriding the model's ``COMPARE_SIMULATION``.
+    budget : Budget, optional
+        Budgets; ``budget_kw`` (fields of :class:`Budget`) override single entries.
+        Model defaults (``COMPARE_BUDGET``) apply where neither is given.
+    resume : bool
+        Reuse every method already finished in ``out_dir`` with the same data and settings.
+    threads : int or None
+        torch intra-op threads during the run (restored after). The default 1 is
+        fastest for the small tensors of these models: more threads only add
+        synchronisation, and on a busy machine they oversubscribe the cores
+        (measured up to 10x slower NUTS). ``None`` keeps torch's setting.
+
+    Returns
+    -------
+    dict with ``rows`` (the table as dicts), ``table`` (Markdown), ``warnings``,
+    ``report`` (path of report.md), ``html``, ``results_json``, ``files``, ``wall_time_s``.
+    """
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise MetagenError(f"threads must be a positive integer (or None for torch's default), got {threads!r}")
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, budget, simulation,
+                        resume, progress, log, budget_kw)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, budget, simulation, resume,
+             progress, log, budget_kw) -> dict:
+    t_start = time.perf_counter()
+    log = log or (lambda msg: None)
+    spec = load_model(model)
+    dt = {"float64": torch.float64, "float32": torch.float32, torch.float64: torch.float64,
+          torch.float32: torch.float32}.get(dtype)
+    if dt is None:
+        raise MetagenError(f"unknown dtype {dtype!r}; choose 'float64' or 'float32'")
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DataError(f"--out {out_dir!r} exists and is not a directory; choose another path")
+    os.makedirs(out_dir, exist_ok=True)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise MetagenError(f"seed must be an integer, got {seed!r}")
+
+    if data is not None and simulation is not None:
+        raise MetagenError("give either a data set or simulation sizes, not both")
+    # cheap checks first: bad budgets or method names fail before any work is done
+    defaults = dict(getattr(spec.module, "COMPARE_BUDGET", None) or {})
+    base = dataclasses.asdict(budget) if budget is not None else dataclasses.asdict(Budget(**defaults))
+    unknown = sorted(set(budget_kw) - set(base))
+    if unknown:
+        raise MetagenError(f"unknown budget option(s) {unknown}; known: {sorted(base)}")
+    base.update({k: v for k, v in budget_kw.items() if v is not None})
+    budget = Budget(**base).check()
+    _check_method_names(methods)
+    obj, source = _load_data(spec, data, out_dir, seed, resume, simulation)
+    t_setup = time.perf_counter()
+    setup = _setup(spec, obj, seed=seed, dtype=dt, num_objects=num_objects, options=options,
+                   progress=progress, log=log, source=source)
+    setup_s = time.perf_counter() - t_setup
+    names = method_names(setup, methods)
+    log(f"{spec.name} on {source}: K = {setup.num_objects}; methods {', '.join(names)}")
+
+    data_fp = _fingerprint(obj)
+    common_fp = {"model": spec.name, "data": data_fp, "seed": seed, "K": setup.num_objects,
+                 "options": {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in setup.options.items()},
+                 "dtype": str(dt)}
+    results, statuses = {}, {}
+    for i, m in enumerate(names, 1):
+        settings = _method_settings(m, budget)
+        fp = _fingerprint({**common_fp, "method": m, "settings": settings})
+        if resume:
+            loaded = _load_method(out_dir, m, fp)
+            if loaded is not None:
+                results[m], statuses[m] = loaded
+                log(f"[{i}/{len(names)}] {m}: finished in an earlier run, reused (--resume)")
+                continue
+        log(f"[{i}/{len(names)}] {m} ...")
+        status = {"method": m, "fingerprint": fp, "settings": settings}
+        res = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                res = _run_method(spec, setup, m, budget, seed, progress)
+                bad = [k for k, v in res.params.items() if torch.is_tensor(v) and v.is_floating_point()
+                       and not torch.isfinite(v).all()]
+                if bad or not math.isfinite(res.log_likelihood):
+                    raise FloatingPointError(f"non-finite estimate (sites {bad or ['log likelihood']})")
+                status["status"] = "ok"
+            except KeyboardInterrupt as e:
+                done = [n for n in names if n in results]
+                kept = f" (finished: {', '.join(done)})" if done else ""
+                raise FitInterrupted(out_dir, None, f"interrupted during {m}; rerun the same command with --resume "
+                                                    f"to continue{kept}; results in {out_dir}") from e
+            except Exception as e:
+                res = None
+                status.update(status="failed", error=f"{type(e).__name__}: {' '.join(str(e).split())}",
+                              traceback=traceback.format_exc())
+        status["warnings"] = sorted({" ".join(str(w.message).split()) for w in caught})
+        if res is not None:
+            res.info["has_samples"] = bool(res.samples)
+            status["wall_time_s"] = float(res.wall_time_s)
+        statuses[m] = _save_method(out_dir, m, res, status)
+        results[m] = res
+        msg = (f"{m}: log lik. {res.log_likelihood:.4g}, {res.n_iter} iterations, {res.wall_time_s:.1f} s"
+               if res is not None else f"{m}: FAILED ({status['error']})")
+        log(f"[{i}/{len(names)}] " + msg)
+
+    # R-hat and ESS once per MCMC result, for the table and the diagnostics
+    summaries = {m: mcmc_summary(r) for m, r in results.items() if r is not None and m == "mcmc"}
+    rows = list(setup.extra_rows) + [_row(m, results[m], statuses[m], setup, summaries.get(m)) for m in names]
+    warns = []
+    for m in names:
+        if results[m] is None:
+            warns.append(f"{m}: failed with {statuses[m].get('error')}; the other methods ran "
+                         f"(traceback in methods/{m}.status.json)")
+        else:
+            warns.extend(diagnose(m, results[m], budget, summaries.get(m)))
+    warns.extend(_agreement_warnings({m: r for m, r in results.items() if r is not None}))
+    files, plot_failures = _plots(out_dir, spec, setup, results, seed, log)
+    warns.extend(plot_failures)
+    table = table_markdown(rows)
+
+    n_desc = _data_size(setup.data)
+    header = [f"Model `{spec.name}`; data: {source} ({n_desc}); K = {setup.num_objects} object slots; seed {seed}; "
+              f"{str(dt).replace('torch.', '')}.",
+              f"Budgets: EM {budget.em_inits} restarts x <= {budget.em_max_iter} iterations (tol {budget.em_tol:g}); "
+              f"SVI {budget.svi_steps} steps (lr {budget.svi_lr:g}); MCMC {budget.mcmc_chains} chains x "
+              f"({budget.mcmc_warmup} warm-up + {budget.mcmc_samples} draws), max tree depth "
+              f"{budget.mcmc_max_tree_depth}.",
+              f"Set-up (data conversion{' and structure search' if setup.extra_rows else ''}): {setup_s:.1f} s."]
+    figures = []
+    captions = [("objectives", "Objective traces (EM and SVI)"), ("mcmc_trace", "MCMC trace (arviz)"),
+                ("mcmc_rank", "MCMC rank plot (arviz)"), ("mcmc_forest", "MCMC forest plot with EM and SVI estimates"),
+                ("assignments", "Posterior assignment probabilities"), ("scene", "Scene")]
+    for key, caption in captions:
+        if files.get(key):
+            figures.append((caption, os.path.relpath(files[key], out_dir)))
+    title = f"metagen-ppl compare: {spec.name}"
+    md = _report_md(title, header, table, warns, setup.notes, figures)
+
+    report_md = os.path.join(out_dir, "report.md")
+    report_html = os.path.join(out_dir, "report.html")
+    atomic_write_text(report_md, md)
+    atomic_write_text(report_html, _report_html(title, header, rows, warns, setup.notes, figures, out_dir))
+    wall = time.perf_counter() - t_start
+    summary = {"model": spec.name, "data": source, "num_objects": setup.num_objects, "seed": seed,
+               "dtype": str(dt).replace("torch.", ""), "budget": dataclasses.asdict(budget), "methods": names,
+               "rows": rows, "warnings": warns, "notes": setup.notes,
+               "status": {m: {k: v for k, v in s.items() if k != "traceback"} for m, s in statuses.items()},
+               "files": {k: os.path.relpath(v, out_dir) for k, v in files.items()},
+               "wall_time_s": wall}
+    results_json = os.path.join(out_dir, "results.json")
+    atomic_write_json(results_json, to_jsonable(summary))
+    return dict(rows=rows, table=table, warnings=warns, report=report_md, html=report_html,
+                results_json=results_json, files=files, wall_time_s=wall, results=results, setup=setup)
+
+
+def _data_size(data: dict) -> str:
+    parts = []
+    for k, v in data.items():
+        if torch.is_tensor(v) and v.dim() > 0:
+            parts.append(f"{k}: {tuple(v.shape)}")
+    return ", ".join(parts[:3]) or "no tensors"

@@ -1,0 +1,658 @@
+"""``metagen-ppl evaluate``: fit the projective detector model to real detector output and score it.
+
+:func:`evaluate` reads a MetaGen detection file (``../shared/data/metagen2021/``
+or the same format), fits :mod:`metagen_ppl.models.projective` to all videos at once --
+the metacognition ``V = (r, h)``, the pixel noise, the score-mark histograms
+and the camera's field of view are shared by the videos and learned across
+them; each video's objects (count, categories, 3D positions) are inferred by
+the model's own model selection -- and writes to ``out_dir``:
+
+``world_states.json``
+    a list in file order, one entry per video:
+    ``{"path": <the video's path>, "objects": [{"category_name": "chair"|"plant"|"tv"|"umbrella"|"bowl",
+    "position": [x, y, z]}, ...]}``;
+``metacognition.json``
+    the learned V, ``sigma_px``, marks and field of view (``learned``), the same
+    computed from the ground truth (``ground_truth``: EM with the objects fixed
+    at their true positions), the lesioned model's, and a side-by-side table
+    ``V_table`` (per category: r and h learned vs from the ground truth);
+``metrics.json``
+    per split (``A`` = videos 1-50, ``B`` = 51-100) and ``all``: the frame
+    category Jaccard of our method, the detector alone (top 5), the detector
+    with a score threshold fitted on split A, and the lesioned model (r, h and
+    the score marks at their prior means; ``sigma_px`` and the field of view are
+    still learned: they describe the localisation noise and the camera, not the
+    metacognition); the box similarity likewise when the data has
+    ``labels2D``; per-video scores; timings (``fit_and_score_s``: fitting and
+    scoring our method; ``wall_time_s``: the whole command);
+``plots/video_<path>.png``
+    for ``plots`` selected videos: every frame with its detections (coloured by
+    category, size by score, hollow when the fit calls them hallucinations),
+    the true objects (circles) and the inferred objects (crosses) projected;
+``checkpoints/``
+    one file per unit of work (:mod:`metagen_ppl.engine.checkpoint`): ``em_learn_all.json``
+    (or ``em_learn_A.json`` and ``em_fixed_B.json``), ``lesioned.json`` and
+    ``ground_truth.json`` are the structure-search fits, rewritten after every round;
+    ``svi_<i>.json`` and ``mcmc_video_<j>.json`` the SVI runs and MCMC videos;
+    ``evaluate.json`` marks a complete run. ``--resume`` reuses every finished unit and
+    continues an unfinished fit from its last round (``--no-checkpoint``: none kept).
+
+Every file is written as soon as its result is done and atomically (a temporary file,
+then :func:`os.replace`): a kill leaves the previous file or the complete new one. Ctrl-C
+prints one line saying what was kept and how to resume, and exits with 130.
+
+Methods (``method``)
+--------------------
+``em`` (default)
+    :func:`metagen_ppl.models.projective.fit_videos`: batched structure search (births from
+    triangulated detections, EM, deaths), one traced model for all videos.
+``svi``
+    SVI-MAP (``TraceEnum_ELBO`` + ``AutoDelta``, :func:`metagen_ppl.engine.svi.fit_svi`)
+    on the same Pyro model for all continuous sites (locations, V, ``sigma_px``,
+    marks), given the model-selection structure (object count and categories
+    per video) found by EM -- SVI has no birth/death moves. It starts from the
+    locations where EM's births proposed the objects and V at its prior mean;
+    the field of view is EM's.
+``mcmc``
+    NUTS over the object locations of a few videos (``mcmc_videos``; the
+    assignments summed out exactly, structure and V from EM); the posterior
+    mean is the world state of those videos, EM's elsewhere; the metrics of
+    ``mcmc`` are reported on those videos only, next to EM's on the same videos.
+
+``learn_on``: ``"all"`` learns V on every video (no ground truth is used);
+``"train"`` learns V (with ``sigma_px``, the marks and the field of view) on
+videos 1-50 only and keeps it fixed for videos 51-100.
+
+Speed: one batched fit of all videos; on the shared data (100 videos x 20
+frames, 2 cores) EM fits and scores one detector's file in about 4-8 s.
+The run uses one torch thread by default (``num_threads``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from metagen_ppl.domain.metagen_data import batch_videos, CATEGORIES, load_videos, SPLIT_A_SIZE
+from metagen_ppl.domain.metrics import detector_baselines, split_means, world_state_frame_scores
+from metagen_ppl.engine.checkpoint import Checkpoint, CheckpointError, FitInterrupted, hash_file, hash_tensors
+from metagen_ppl.engine.enumeration import EnumeratedModel
+from metagen_ppl.engine.svi import fit_svi
+from metagen_ppl.errors import DataError, MetagenError
+from metagen_ppl.io import atomic_write_json, load_json
+from metagen_ppl.apps.plots import plot_video
+from metagen_ppl.models import projective
+
+__all__ = ["evaluate", "METHODS", "LEARN_ON"]
+
+METHODS = ("em", "svi", "mcmc")
+LEARN_ON = ("all", "train")
+
+
+def _bar(total, desc, enabled, unit="video"):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- fitting
+def _fit(P, data, mode, progress, desc, params=None, truth=None, units=None, name=None, **kw):
+    if units is not None:
+        kw.update(units.fit_kwargs(name))
+    bar = _bar(data["cams"].shape[0], desc, progress)
+    state = {"n": 0}
+
+    def cb(n, info):
+        if bar is not None:
+            bar.update(max(0, n - state["n"]))
+            state["n"] = max(state["n"], n)
+            bar.set_postfix(round=info["round"], objects=info["objects"])
+
+    try:
+        fit = P.fit_videos(data, mode=mode, params=params, truth=truth, progress=cb, **kw)
+    finally:
+        if bar is not None:
+            bar.update(bar.total - state["n"])
+            bar.close()
+    if units is not None:
+        units.finished(name)
+    return fit
+
+
+# --------------------------------------------------------------------------- checkpoints
+class _Units:
+    """The resumable units of one ``evaluate`` run, each with its file in ``OUT/checkpoints/``.
+
+    Fits (``em_learn_all`` or ``em_learn_A`` + ``em_fixed_B``, ``lesioned``, ``ground_truth``)
+    checkpoint after every structure-search round (:func:`metagen_ppl.models.projective.fit_videos`; the
+    finished fit's last checkpoint is its result); ``svi_<i>`` (one per EM fit) and
+    ``mcmc_video_<j>`` (one per sampled video) store their result when finished. With
+    ``resume`` every finished unit is reused, an unfinished fit continues from its last round,
+    and a unit written for other data or settings is refused
+    (:class:`metagen_ppl.engine.checkpoint.CheckpointError`).
+    """
+
+    def __init__(self, out_dir, enabled: bool, resume: bool, data_hash: str):
+        self.dir = os.path.join(out_dir, "checkpoints") if enabled else None
+        self.resume = resume
+        self.data_hash = data_hash
+        self.done = []
+        self.current = None
+
+    def path(self, name):
+        return None if self.dir is None else os.path.join(self.dir, name + ".json")
+
+    def fit_kwargs(self, name) -> dict:
+        self.current = name
+        if self.dir is None:
+            return {}
+        return {"checkpoint": self.path(name), "resume": self.resume}
+
+    def finished(self, name) -> None:
+        self.done.append(name)
+        self.current = None
+
+    def compute(self, name, settings: dict, fn):
+        """``fn()`` (a JSON-able result: numbers, lists, tuples, dicts, tensors), or its stored result."""
+        self.current = name
+        if self.dir is None:
+            out = fn()
+        else:
+            ck = Checkpoint(self.path(name), "evaluate unit", self.data_hash, dict(settings, unit=name))
+            st = ck.load() if self.resume else None
+            if st is not None and st["done"]:
+                out = st["state"]["result"]
+            else:
+                out = fn()
+                ck.save(1, {"result": out}, done=True)
+        self.finished(name)
+        return out
+
+    def interrupted(self, e: KeyboardInterrupt):
+        """The :class:`FitInterrupted` to raise: one line saying what was kept and how to resume."""
+        if self.dir is None:
+            return FitInterrupted(None, None, "interrupted; no checkpoints were written (checkpointing was off): "
+                                              "a rerun starts afresh")
+        kept = []
+        if self.done:
+            kept.append("finished: " + ", ".join(self.done))
+        rnd = getattr(e, "round", None)
+        if self.current is not None and rnd is not None:
+            kept.append(f"{self.current} at the end of round {rnd}")
+        what = f" ({'; '.join(kept)})" if kept else ""
+        return FitInterrupted(self.dir, rnd, f"interrupted; rerun with --resume to continue{what}; "
+                                            f"checkpoints in {self.dir}")
+
+
+def _fit_hash(fit) -> str:
+    return hash_tensors({k: v for k, v in fit.state_dict().items() if k != "trace"})[:16]
+
+
+def _world_objects(cats, locs, active) -> list:
+    """Per video ``[(category index, [x, y, z]), ...]`` from (V, K) structure tensors."""
+    out = []
+    for v in range(active.shape[0]):
+        ks = active[v].nonzero().reshape(-1).tolist()
+        out.append([(int(cats[v, k]), [float(x) for x in locs[v, k]]) for k in ks])
+    return out
+
+
+def _V_params(values: dict) -> dict:
+    keys = ("rates", "hallucination", "pixel_scale", "mark_real", "mark_hall", "half_fov")
+    return {k: values[k].detach().clone() for k in keys if k in values}
+
+
+def _meta_json(P, values: dict) -> dict:
+    out = P.params_to_json(values)
+    out["field_of_view_deg"] = math.degrees(2 * float(values["half_fov"]))
+    return out
+
+
+def _fit_em(P, data, videos, learn_on, progress, kw, units=None):
+    """EM fit(s): returns (objects per video, learned params, info, resp per video or None)."""
+    V = data["cams"].shape[0]
+    idx_a = [i for i, v in enumerate(videos) if v.index < SPLIT_A_SIZE]
+    idx_b = [i for i, v in enumerate(videos) if v.index >= SPLIT_A_SIZE]
+    if learn_on == "all" or not idx_b:
+        if learn_on == "train" and not idx_a:
+            raise DataError("--learn-on train needs videos 1-50 (split A) to learn V on")
+        fit = _fit(P, data, "learn", progress, "EM fit (V learned on all videos)", units=units, name="em_learn_all",
+                   **kw)
+        res = fit.result()
+        objs = fit.objects()
+        info = {"fits": [_fit_info(fit)]}
+        return objs, _V_params(fit.values), info, [fit], [list(range(V))], res["resp"]
+    if not idx_a:
+        raise DataError("--learn-on train needs videos 1-50 (split A) to learn V on")
+    P_ = P
+    fit_a = _fit(P_, P_.select_videos(data, idx_a), "learn", progress, "EM fit, split A (V learned)", units=units,
+                 name="em_learn_A", **kw)
+    params = _V_params(fit_a.values)
+    fit_b = _fit(P_, P_.select_videos(data, idx_b), "fixed", progress, "EM fit, split B (V fixed)", params=params,
+                 units=units, name="em_fixed_B", **kw)
+    objs = [None] * V
+    for fit, idx in ((fit_a, idx_a), (fit_b, idx_b)):
+        for i, o in zip(idx, fit.objects()):
+            objs[i] = o
+    info = {"fits": [_fit_info(fit_a), _fit_info(fit_b)]}
+    return objs, params, info, [fit_a, fit_b], [idx_a, idx_b], None
+
+
+def _fit_info(fit) -> dict:
+    return {"mode": fit.mode, "num_videos": fit.V, "num_objects": int(fit.active.sum()), "rounds": fit.n_rounds,
+            "em_iterations": fit.n_iter, "births": fit.births, "deaths": fit.deaths, "converged": fit.converged,
+            "field_of_view_deg": math.degrees(2 * float(fit.values["half_fov"])),
+            "trace": fit.trace}
+
+
+def _fit_svi(P, data, fits, index_sets, V, seed, steps, lr, progress, units=None):
+    """SVI-MAP on the same model, structure from EM (see the module docstring); one unit per EM fit."""
+    objs = [None] * V
+    infos = []
+    for i, (fit, idx) in enumerate(zip(fits, index_sets)):
+        def run(fit=fit, idx=idx):
+            return _svi_one(P, data, fit, idx, seed, steps, lr, progress)
+
+        if units is None:
+            part, info = run()
+        else:
+            part, info = units.compute(f"svi_{i}", {"seed": seed, "svi_steps": steps, "svi_lr": lr, "videos": idx,
+                                                    "em_fit": _fit_hash(fit)}, run)
+        for j, o in zip(idx, part):
+            objs[j] = o
+        infos.append(info)
+    return objs, infos
+
+
+def _svi_one(P, data, fit, idx, seed, steps, lr, progress):
+    """SVI-MAP for the videos ``idx`` of one EM fit: ``(objects per video, info)``."""
+    sub = P.select_videos(data, idx)
+    cats, active, _, birth = P.compact_structure(fit)
+    K = cats.shape[1]
+    opts = {"cats": cats, "active": active, "half_fov": float(fit.values["half_fov"])}
+    init = dict(P.prior_params(dtype=sub["centers"].dtype))
+    if fit.mode == "fixed":
+        opts.update({k: fit.values[k] for k in ("rates", "hallucination", "pixel_scale", "mark_real",
+                                                "mark_hall")})
+        init = {}
+    init["locs"] = birth
+    t0 = time.perf_counter()
+    res = fit_svi(P, sub, K, guide="delta", num_steps=steps, lr=lr, seed=seed, init=init, options=opts,
+                  progress=progress)
+    locs = res.params["locs"]
+    part = _world_objects(cats, locs, active)
+    em_values = {k: v for k, v in fit.values.items() if k in res.params}
+    em_values["locs"] = P.compact_structure(fit)[2]
+
+    em_lj = EnumeratedModel(P.model, sub, K, opts).estep(em_values, need_weights=False).log_joint
+    info = {"num_videos": len(idx), "steps": steps, "lr": lr, "final_elbo": res.trace[-1],
+            "log_joint": res.log_joint, "em_log_joint_same_structure": em_lj,
+            "converged": res.converged, "wall_time_s": time.perf_counter() - t0,
+            "V": {k: res.params[k].tolist() for k in ("rates", "hallucination", "pixel_scale")
+                  if k in res.params}}
+    return part, info
+
+
+def _fit_mcmc(P, data, fits, index_sets, objs_em, chosen, seed, samples, warmup, progress, units=None):
+    objs = [list(o) for o in objs_em]
+    where = {}
+    for f, idx in zip(fits, index_sets):
+        for pos, j in enumerate(idx):
+            where[j] = (f, pos)
+    infos = []
+    bar = _bar(len(chosen), "MCMC (NUTS)", progress)
+    for j in chosen:
+        fit, pos = where[j]
+
+        def run(fit=fit, pos=pos, j=j):
+            sub = P.select_videos(data, [j])
+            values = dict(fit.values)
+            values["locs"] = fit.values["locs"][pos:pos + 1]
+            r = P.nuts_locations(sub, values, fit.cats[pos:pos + 1], fit.active[pos:pos + 1], num_samples=samples,
+                                 warmup_steps=warmup, seed=seed + j)
+            ks = fit.active[pos].nonzero().reshape(-1).tolist()
+            obj = [(int(fit.cats[pos, k]), [float(x) for x in r["mean"][i]]) for i, k in enumerate(ks)]
+            sd = r["samples"].std(0) if r["samples"].shape[0] > 1 else torch.zeros_like(r["mean"])
+            return obj, {"video": j, "num_objects": len(ks), "divergences": r["divergences"],
+                         "accept_prob": r["accept_prob"], "posterior_sd": sd.tolist(),
+                         "wall_time_s": r["wall_time_s"]}
+
+        if units is None:
+            objs[j], info = run()
+        else:
+            objs[j], info = units.compute(f"mcmc_video_{j}", {"seed": seed, "mcmc_samples": samples,
+                                                              "mcmc_warmup": warmup, "em_fit": _fit_hash(fit)}, run)
+        infos.append(info)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return objs, infos
+
+
+# --------------------------------------------------------------------------- scoring
+def _score_objects(videos, objs, metric, progress=False, desc="scoring") -> np.ndarray:
+    out = np.empty(len(videos))
+    bar = _bar(len(videos), desc, progress)
+    for i, (v, o) in enumerate(zip(videos, objs)):
+        cats = [c for c, _ in o]
+        pos = torch.tensor([p for _, p in o], dtype=v.cams.dtype).reshape(-1, 3)
+        out[i] = world_state_frame_scores(v, cats, pos, metric).mean()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def _splits(scores, videos) -> dict:
+    return split_means(scores, [v.index for v in videos])
+
+
+def _regroup(per_method: dict) -> dict:
+    """``{method: {"A", "B", "all", "n_*"}}`` -> ``{"A": {method: value}, ..., "n_videos": {...}}``."""
+    out = {}
+    for split in ("A", "B", "all"):
+        out[split] = {m: (None if r is None or not math.isfinite(r[split]) else float(r[split]))
+                      for m, r in per_method.items()}
+    first = next((r for r in per_method.values() if r is not None), None)
+    if first is not None:
+        out["n_videos"] = {s: int(first["n_" + s]) for s in ("A", "B", "all")}
+    return out
+
+
+def _plot_indices(n: int, total: int) -> list:
+    if n <= 0 or total == 0:
+        return []
+    n = min(n, total)
+    return sorted(set(int(round(x)) for x in np.linspace(0, total - 1, n)))
+
+
+# --------------------------------------------------------------------------- main entry
+def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed: int = 0, progress: bool = True,
+             plots: int = 3, lesioned: bool = True, ground_truth_V: bool = True, max_objects: int = 8,
+             svi_steps: int = 300, svi_lr: float = 0.01, mcmc_videos: int = 3, mcmc_samples: int = 100,
+             mcmc_warmup: int = 100, log=None, num_threads: Optional[int] = 1, checkpoint: bool = True,
+             resume: bool = False) -> dict:
+    """Fit every video of a MetaGen detection file and write world states, V and metrics.
+
+    Parameters
+    ----------
+    data_path : str
+        A MetaGen detection JSON file (:func:`metagen_ppl.domain.metagen_data.load_videos`).
+    out_dir : str
+        Output directory (created): ``world_states.json``, ``metacognition.json``,
+        ``metrics.json``, ``plots/``.
+    method : "em", "svi" or "mcmc" (see the module docstring)
+    learn_on : "all" (V learned on every video) or "train" (on videos 1-50, fixed for 51-100)
+    seed : int
+        Seeds SVI and MCMC (EM is deterministic).
+    progress : bool
+        Progress bars (per video) on stderr.
+    plots : int
+        Number of videos (evenly spread over the file) to draw.
+    lesioned, ground_truth_V : bool
+        Also fit the lesioned model / compute V from the ground truth (when the file has it).
+    max_objects : int
+        Object slots per video of the structure search.
+    svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup :
+        Budgets of the SVI and MCMC methods.
+    log : callable, optional
+        Receives one-line status messages.
+    num_threads : int or None
+        torch intra-op threads during the run (restored afterwards); default 1: the work is
+        many small tensor operations, and on a shared 2-core machine two threads were measured
+        3-7x slower than one (they contend with other processes). ``None`` keeps torch's setting.
+    checkpoint : bool
+        Keep every unit of work in ``out_dir/checkpoints/`` as soon as it is done (atomically):
+        each structure-search fit after every round, each SVI run and each MCMC video when
+        finished, and ``evaluate.json`` when all outputs are written.
+    resume : bool
+        Continue an interrupted run with the same data and settings: finished units are reused
+        (not recomputed), an unfinished fit goes on from its last round, and the outputs equal
+        an uninterrupted run's (timings aside). If ``evaluate.json`` says the run completed, its
+        ``metrics.json`` is returned at once. A unit written for other data or settings is
+        refused (:class:`metagen_ppl.engine.checkpoint.CheckpointError`: delete ``out_dir/checkpoints``
+        or drop ``resume``).
+
+    Every output file is written atomically (temporary file, then :func:`os.replace`): a kill
+    leaves the previous file or the complete new one. On Ctrl-C the run raises
+    :class:`metagen_ppl.engine.checkpoint.FitInterrupted` (a :class:`KeyboardInterrupt`) whose
+    message says what was kept and how to resume.
+
+    Returns
+    -------
+    dict: the content of ``metrics.json``.
+    """
+    if resume and not checkpoint:
+        raise MetagenError("resume=True needs checkpoint=True (the units of the earlier run are in "
+                           "OUT/checkpoints/)")
+    units = _Units(out_dir, bool(checkpoint), bool(resume), None)
+    args = (data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V, max_objects,
+            svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log, units)
+    previous = None
+    if num_threads is not None:
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise MetagenError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+        previous = torch.get_num_threads()
+        torch.set_num_threads(num_threads)
+    try:
+        return _evaluate(*args)
+    except KeyboardInterrupt as e:
+        raise units.interrupted(e) from e
+    except CheckpointError as e:
+        if e.path is None or units.dir is None:
+            raise
+        raise CheckpointError(f"checkpoint {e.path!r} {e.why}; to start afresh delete {units.dir} (or run without "
+                              "--resume / with resume=False, which overwrites it), or resume with the data and "
+                              "settings of the earlier run", e.path, e.why) from None
+    finally:
+        if previous is not None:
+            torch.set_num_threads(previous)
+
+
+def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V, max_objects,
+              svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log, units) -> dict:
+    t_start = time.perf_counter()
+    if method not in METHODS:
+        raise MetagenError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if learn_on not in LEARN_ON:
+        raise MetagenError(f"unknown learn_on {learn_on!r}; choose 'all' or 'train'")
+    for name, val in (("plots", plots), ("max_objects", max_objects), ("svi_steps", svi_steps),
+                      ("mcmc_videos", mcmc_videos), ("mcmc_samples", mcmc_samples), ("mcmc_warmup", mcmc_warmup)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < (1 if name in ("max_objects", "svi_steps",
+                                                                                     "mcmc_samples") else 0):
+            raise MetagenError(f"{name} must be a {'positive' if name in ('max_objects', 'svi_steps', 'mcmc_samples') else 'non-negative'} integer, got {val!r}")
+    if isinstance(svi_lr, bool) or not isinstance(svi_lr, (int, float)) or not math.isfinite(svi_lr) or svi_lr <= 0:
+        raise MetagenError(f"svi_lr must be a finite number > 0, got {svi_lr!r}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DataError(f"output directory {os.fspath(out_dir)!r} is an existing file; give a directory")
+    say = log or (lambda m: None)
+
+    P = projective
+    videos = load_videos(data_path)
+    if not any(v.has_detections for v in videos):
+        raise DataError(f"{os.fspath(data_path)!r} has no 'detections' in its frames; evaluate needs a "
+                        "detector's output (e.g. data_labelled_retinanet.json), not unlabelled_data.json")
+    has_gt = all(v.has_ground_truth for v in videos)
+    has_box = all(v.labels2d is not None for v in videos)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create output directory {os.fspath(out_dir)!r}: {e.strerror or e}") from None
+    data = P.data_from_videos(videos)
+    V = len(videos)
+    timings = {}
+
+    units.data_hash = hash_tensors(data)
+    marker = None
+    if units.dir is not None:
+        marker = Checkpoint(os.path.join(units.dir, "evaluate.json"), "evaluate", hash_file(data_path),
+                            {"method": method, "learn_on": learn_on, "seed": seed, "plots": plots,
+                             "lesioned": lesioned, "ground_truth_V": ground_truth_V, "max_objects": max_objects,
+                             "svi_steps": svi_steps, "svi_lr": svi_lr, "mcmc_videos": mcmc_videos,
+                             "mcmc_samples": mcmc_samples, "mcmc_warmup": mcmc_warmup})
+        done = None
+        if units.resume:
+            try:
+                done = marker.load()
+            except CheckpointError:          # other settings: the units decide what can be reused
+                done = None
+        outputs = [os.path.join(out_dir, f) for f in ("world_states.json", "metacognition.json", "metrics.json")]
+        if done is not None and done["done"] and all(os.path.isfile(f) for f in outputs):
+            say(f"resume: {out_dir} already holds the complete results of this run; nothing to do")
+            return load_json(outputs[2])
+        if os.path.exists(marker.path):      # the outputs are about to change
+            os.remove(marker.path)
+        if units.resume:
+            say(f"resume: reusing the finished units in {units.dir}")
+
+    # ---- our method
+    t0 = time.perf_counter()
+    fit_kw = {"max_objects": max_objects}
+    objs_em, learned, fit_info, fits, index_sets, resp_all = _fit_em(P, data, videos, learn_on, progress, fit_kw,
+                                                                     units)
+    timings["em_fit_s"] = time.perf_counter() - t0
+    method_info = {}
+    objs = objs_em
+    if method == "svi":
+        t1 = time.perf_counter()
+        objs, method_info["svi"] = _fit_svi(P, data, fits, index_sets, V, seed, svi_steps, svi_lr, progress,
+                                            units)
+        timings["svi_fit_s"] = time.perf_counter() - t1
+    chosen = []
+    if method == "mcmc":
+        t1 = time.perf_counter()
+        chosen = _plot_indices(mcmc_videos, V)
+        objs, method_info["mcmc"] = _fit_mcmc(P, data, fits, index_sets, objs_em, chosen, seed, mcmc_samples,
+                                              mcmc_warmup, progress, units)
+        timings["mcmc_fit_s"] = time.perf_counter() - t1
+    per_video = {}
+    metrics_by = {}
+    if has_gt:
+        t1 = time.perf_counter()
+        per_video["ours"] = _score_objects(videos, objs, "jaccard", progress, f"scoring ({method})")
+        timings["score_s"] = time.perf_counter() - t1
+    timings["fit_and_score_s"] = time.perf_counter() - t0
+    if method == "em":
+        say(f"EM: {sum(len(o) for o in objs)} objects in {V} videos; fitted"
+            f"{' and scored' if has_gt else ''} in {timings['fit_and_score_s']:.1f} s")
+
+    world = [{"path": v.path, "objects": [{"category_name": CATEGORIES[c], "position": p} for c, p in o]}
+             for v, o in zip(videos, objs)]
+    atomic_write_json(os.path.join(out_dir, "world_states.json"), world)
+
+    # ---- lesioned model and ground-truth V
+    meta = {"method": method, "learn_on": learn_on, "learned": _meta_json(P, learned),
+            "learned_on": "all videos" if learn_on == "all" else "videos 1-50 (split A)"}
+    objs_les = None
+    if lesioned:
+        t1 = time.perf_counter()
+        fit_les = _fit(P, data, "lesioned", progress, "lesioned model (V at its prior)", units=units, name="lesioned",
+                       max_objects=max_objects)
+        objs_les = fit_les.objects()
+        meta["lesioned"] = _meta_json(P, fit_les.values)
+        timings["lesioned_fit_s"] = time.perf_counter() - t1
+    if has_gt and ground_truth_V:
+        t1 = time.perf_counter()
+        b = batch_videos(videos)
+        fit_gt = _fit(P, data, "truth", progress, "V from the ground truth", units=units, name="ground_truth",
+                      truth=(b.gt_categories, b.gt_positions, b.gt_mask))
+        meta["ground_truth"] = _meta_json(P, fit_gt.values)
+        meta["ground_truth_note"] = ("EM with every object fixed at its true category and position: V, sigma_px, "
+                                     "marks and field of view learned from the detections given the truth")
+        meta["V_table"] = {c: {"r_learned": meta["learned"]["detection_rate"][c],
+                               "r_ground_truth": meta["ground_truth"]["detection_rate"][c],
+                               "h_learned": meta["learned"]["hallucination_rate"][c],
+                               "h_ground_truth": meta["ground_truth"]["hallucination_rate"][c]}
+                           for c in CATEGORIES}
+        timings["ground_truth_V_s"] = time.perf_counter() - t1
+    meta["fits"] = fit_info["fits"]
+    if method_info:
+        meta[method] = method_info[method]
+    atomic_write_json(os.path.join(out_dir, "metacognition.json"), meta)
+
+    # ---- metrics
+
+    metrics = {"data": os.fspath(data_path), "method": method, "learn_on": learn_on, "seed": seed,
+               "num_videos": V, "split_A": "videos 1-50 (file positions 0-49)",
+               "split_B": "videos 51-100 (file positions 50-99)"}
+    if has_gt:
+        t1 = time.perf_counter()
+        for metric in ("jaccard",) + (("box",) if has_box else ()):
+            by = {}
+            scores = per_video["ours"] if metric == "jaccard" else _score_objects(videos, objs, "box")
+            per_video_m = {"ours": scores}
+            by["ours"] = _splits(scores, videos)
+            if method == "mcmc":
+                sel = [videos[j] for j in chosen]
+                em_sc = _score_objects(sel, [objs_em[j] for j in chosen], metric)
+                mc_sc = scores[chosen]
+                by = {"ours": by["ours"], "mcmc_videos_only": _splits(mc_sc, sel),
+                      "em_same_videos": _splits(em_sc, sel)}
+            if method != "em":
+                em_scores = _score_objects(videos, objs_em, metric)
+                per_video_m["em"] = em_scores
+                by["em"] = _splits(em_scores, videos)
+            base = detector_baselines(videos, top_n=5, metric=metric)
+            by["detector"] = base["detector"]
+            by["detector_fitted"] = base["detector_fitted"]
+            if objs_les is not None:
+                les = _score_objects(videos, objs_les, metric)
+                per_video_m["lesioned"] = les
+                by["lesioned"] = _splits(les, videos)
+            metrics_by[metric] = {"splits": _regroup(by), "detector_threshold": base["threshold"],
+                                  "per_video": {m: [float(x) for x in s] for m, s in per_video_m.items()}}
+        timings["metrics_s"] = time.perf_counter() - t1
+        metrics["splits"] = {s: {m: metrics_by[m]["splits"][s] for m in metrics_by} for s in ("A", "B", "all")}
+        metrics["n_videos"] = metrics_by["jaccard"]["splits"].get("n_videos")
+        metrics["detector_threshold"] = {m: metrics_by[m]["detector_threshold"] for m in metrics_by}
+        metrics["per_video"] = {"path": [v.path for v in videos],
+                                **{f"{metric}_{m}": s for metric in metrics_by
+                                   for m, s in metrics_by[metric]["per_video"].items()}}
+        if method == "mcmc":
+            metrics["mcmc_videos"] = [videos[j].path for j in chosen]
+    else:
+        metrics["note"] = "the file has no ground truth ('labels'): no scores; world states and V written"
+    if not has_box:
+        metrics["box_note"] = "the file has no labels2D: box similarity not computed"
+    metrics["V"] = {"learned": {k: meta["learned"][k] for k in ("detection_rate", "hallucination_rate",
+                                                                  "pixel_scale", "field_of_view_deg")}}
+    if "ground_truth" in meta:
+        metrics["V"]["ground_truth"] = {k: meta["ground_truth"][k] for k in ("detection_rate", "hallucination_rate",
+                                                                               "pixel_scale", "field_of_view_deg")}
+
+    # ---- plots
+    t1 = time.perf_counter()
+    pdir = os.path.join(out_dir, "plots")
+    chosen_plots = _plot_indices(plots, V)
+    if chosen_plots:
+        os.makedirs(pdir, exist_ok=True)
+    written = []
+    for j in chosen_plots:
+        resp = resp_all[j] if resp_all is not None else None
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in videos[j].path)
+        fn = os.path.join(pdir, f"video_{safe}.png")
+        plot_video(fn, videos[j], objs[j], resp=resp,
+                   title=f"video {videos[j].path} ({method}): {len(objs[j])} inferred objects"
+                         + (f", {len(videos[j].gt_categories)} true" if videos[j].has_ground_truth else ""))
+        written.append(os.path.relpath(fn, out_dir))
+    timings["plots_s"] = time.perf_counter() - t1
+    metrics["plots"] = written
+    timings["wall_time_s"] = time.perf_counter() - t_start
+    metrics["timings"] = timings
+    metrics["wall_time_s"] = timings["wall_time_s"]
+    metrics["fit_and_score_s"] = timings["fit_and_score_s"]
+    atomic_write_json(os.path.join(out_dir, "metrics.json"), metrics)
+    if marker is not None:
+        marker.save(1, {"outputs": ["world_states.json", "metacognition.json", "metrics.json"] + written},
+                    done=True)
+    return metrics

@@ -1,0 +1,411 @@
+"""The generic E-step: exact posterior marginals from Pyro's enumeration.
+
+Given a Pyro model whose discrete latent sites are enumerable, and values
+``theta`` for its continuous unknowns, :class:`EnumeratedModel` traces the model
+under ``poutine.enum`` (parallel enumeration) with ``theta`` conditioned in,
+collects the per-site ``log_prob`` tensors ("log factors"), and contracts the
+enumerated dimensions with Pyro's tensor message passing
+(:func:`pyro.ops.contract.contract_to_tensor`). That gives the log evidence
+
+    log p(x, theta) = log sum_z prod_f f(x, z, theta)
+
+and, by reverse-mode differentiation with respect to the log factors, the
+exact posterior marginal of every factor's variables (the derivative of a log
+partition function with respect to a log factor is that factor's marginal).
+Those marginals are the weights of the expected complete log likelihood
+
+    Q(theta' | theta) = sum_f sum_{z_f} p(z_f | x, theta) log f(x, z_f, theta')
+
+which the M-step maximises. Nothing here knows any particular model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions import constraints
+from pyro.infer import config_enumerate
+from pyro.ops import packed
+from pyro.ops.contract import contract_to_tensor
+from pyro.poutine.util import prune_subsample_sites
+from pyro.distributions.util import scale_and_mask
+
+from metagen_ppl.errors import MetagenError, ModelError
+
+
+@dataclass
+class LatentSite:
+    """A continuous unknown: a latent ``pyro.sample`` site (MAP) or a ``pyro.param``."""
+
+    name: str
+    kind: str  # "sample" or "param"
+    constraint: constraints.Constraint
+    shape: torch.Size
+
+
+@dataclass
+class EStep:
+    """What one E-step returns (all quantities at the parameters it was run at).
+
+    Attributes
+    ----------
+    log_joint : float
+        ``log p(x | theta) + log p(theta)``: the MAP-EM objective, never
+        decreasing across EM iterations.
+    log_likelihood : float
+        ``log p(x | theta)``, the log marginal likelihood (discrete sites summed out).
+    log_prior : float
+        ``log p(theta)`` of the latent ``pyro.sample`` sites (0 if there are none).
+    marginals : dict
+        Posterior marginal of each enumerated site, shape ``(*plate_shape, K)``
+        (e.g. ``(N, K)`` responsibilities of an assignment site).
+    weights : dict
+        Posterior marginal of each log factor, in Pyro's packed layout; the
+        weights of Q.
+    """
+
+    log_joint: float
+    log_likelihood: float
+    log_prior: float
+    marginals: dict
+    weights: dict
+
+
+def _compute_log_prob(tr):
+    """``Trace.compute_log_prob`` without its per-site ``log_prob_sum`` (a wasted
+    pass over every (K, N) tensor; nothing here reads it)."""
+    for site in tr.nodes.values():
+        if site["type"] == "sample" and "log_prob" not in site:
+            log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+            site["unscaled_log_prob"] = log_p
+            site["log_prob"] = scale_and_mask(log_p, site["scale"], site["mask"])
+
+
+def _ordinal(trace, site):
+    return frozenset(trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
+
+
+class EnumeratedModel:
+    """A model bound to its data and options, ready for E-steps and Q evaluations.
+
+    Parameters
+    ----------
+    model : callable
+        ``model(data, num_objects, **options)``, a Pyro model.
+    data : dict
+        Observed tensors passed to the model.
+    num_objects : int
+        Number of objects (mixture components) ``K``.
+    options : dict, optional
+        Extra keyword arguments of the model.
+    """
+
+    def __init__(self, model: Callable, data: dict, num_objects: int, options: Optional[dict] = None):
+        self.raw_model = model
+        self.model = config_enumerate(model, default="parallel")
+        self.data = data
+        self.num_objects = num_objects
+        self.options = dict(options or {})
+        self._discover()
+
+    # ------------------------------------------------------------------ structure
+    def _call_args(self):
+        return (self.data, self.num_objects), self.options
+
+    def _discover(self):
+        args, kwargs = self._call_args()
+        try:
+            with torch.no_grad():
+                tr = prune_subsample_sites(poutine.trace(self.raw_model).get_trace(*args, **kwargs))
+        except MetagenError:
+            raise
+        except Exception as e:
+            raise ModelError(f"the model failed to run on this data: {type(e).__name__}: {e}") from e
+        self.latents: "OrderedDict[str, LatentSite]" = OrderedDict()
+        self.enum_sites: list[str] = []
+        self.observed_sites: list[str] = []
+        #: the first observed site inside a plate: the one whose pointwise log likelihood is reported
+        self.data_site: Optional[str] = None
+        self.max_plate_nesting = 0
+        self.prior_values: dict = {}
+        for name, site in tr.nodes.items():
+            if site["type"] == "param":
+                constraint = site["kwargs"].get("constraint", constraints.real)
+                self.latents[name] = LatentSite(name, "param", constraint, site["value"].shape)
+                self.prior_values[name] = site["value"].detach()
+            if site["type"] != "sample":
+                continue
+            nesting = sum(1 for f in site["cond_indep_stack"] if f.vectorized)
+            self.max_plate_nesting = max(self.max_plate_nesting, nesting)
+            if site["is_observed"]:
+                self.observed_sites.append(name)
+                if nesting and self.data_site is None:
+                    self.data_site = name
+                continue
+            fn = site["fn"]
+            if fn.support.is_discrete:
+                if not fn.has_enumerate_support:
+                    raise ModelError(
+                        f"site {name!r} is a discrete latent ({type(fn).__name__}) without finite "
+                        "support, which Pyro cannot enumerate; use a distribution with finite "
+                        "support (Categorical, Bernoulli) or make it continuous")
+                if site["infer"].get("enumerate") not in (None, "parallel"):
+                    raise ModelError(
+                        f"site {name!r} is marked enumerate={site['infer']['enumerate']!r}; the EM "
+                        "E-step needs parallel enumeration (infer={'enumerate': 'parallel'})")
+                self.enum_sites.append(name)
+            else:
+                self.latents[name] = LatentSite(name, "sample", fn.support, site["value"].shape)
+                self.prior_values[name] = site["value"].detach()
+        if not self.enum_sites:
+            raise ModelError(
+                "the model has no enumerable discrete latent site, so EM has nothing to put in "
+                "its E-step; add an assignment site such as "
+                "pyro.sample('z', Categorical(w), infer={'enumerate': 'parallel'}), "
+                "or fit this model with --method svi or mcmc")
+        self.sample_latents = [n for n, s in self.latents.items() if s.kind == "sample"]
+        self.param_latents = [n for n, s in self.latents.items() if s.kind == "param"]
+
+    # ------------------------------------------------------------------ tracing
+    def trace(self, values: dict, pack: bool = True):
+        """Trace the model under parallel enumeration with ``values`` conditioned in."""
+        model = self.model
+        if self.param_latents:
+            model = poutine.substitute(model, data={n: values[n] for n in self.param_latents})
+        model = poutine.condition(model, data={n: values[n] for n in self.sample_latents})
+        model = poutine.enum(model, first_available_dim=-1 - self.max_plate_nesting)
+        args, kwargs = self._call_args()
+        try:
+            # arguments and data were validated by the discovery trace; skip re-checking
+            # supports on every E-step and Q evaluation
+            with pyro.validation_enabled(False):
+                tr = prune_subsample_sites(poutine.trace(model).get_trace(*args, **kwargs))
+                _compute_log_prob(tr)
+            if pack:
+                tr.pack_tensors()
+        except MetagenError:
+            raise
+        except Exception as e:
+            raise ModelError(f"Pyro could not enumerate this model: {type(e).__name__}: {e}") from e
+        return tr
+
+    def factors(self, values: dict):
+        """Split the enumerated trace into log factors and plain costs.
+
+        Returns
+        -------
+        trace, factors : dict name -> (ordinal, packed log-prob tensor) of sites that
+        depend on an enumerated dimension, costs : dict name -> scalar of the others,
+        sum_dims : set of enumeration symbols.
+        """
+        tr = self.trace(values)
+        sum_dims = set()
+        for name in self.enum_sites:
+            site = tr.nodes[name]
+            if site["infer"].get("_enumerate_dim") is None:
+                raise ModelError(f"site {name!r} was not enumerated; is it inside a plate "
+                                 "that Pyro cannot enumerate in parallel?")
+            sum_dims.add(site["infer"]["_enumerate_symbol"])
+        factors, costs = OrderedDict(), OrderedDict()
+        for name, site in tr.nodes.items():
+            if site["type"] != "sample":
+                continue
+            scale = site["scale"]
+            if not (isinstance(scale, (int, float)) and scale == 1.0):
+                raise ModelError(f"site {name!r} is scaled (poutine.scale or subsampling); "
+                                 "the EM engine needs unscaled, full-data models")
+            log_prob = site["packed"]["log_prob"]
+            if sum_dims.intersection(log_prob._pyro_dims):
+                factors[name] = (_ordinal(tr, site), log_prob)
+            else:
+                costs[name] = log_prob.sum()
+        return tr, factors, costs, sum_dims
+
+    @staticmethod
+    def _contract(factors, sum_dims, target_ordinal=frozenset()):
+        if not factors:  # nothing depends on an enumerated dim (every support has size 1)
+            zero = torch.zeros((), dtype=torch.float64)
+            zero._pyro_dims = ""
+            return zero
+        tree = OrderedDict()
+        for ordinal, term in factors.values():
+            tree.setdefault(ordinal, []).append(term)
+        return contract_to_tensor(tree, sum_dims, target_ordinal=target_ordinal)
+
+    # ------------------------------------------------------------------ E-step
+    def estep(self, values: dict, need_weights: bool = True) -> EStep:
+        """Exact E-step at ``values``: log evidence and posterior marginals.
+
+        When the model has a single enumerated dimension and all its factors lie
+        in the same plates (the assignment-site case of every mixture), the
+        marginals are a softmax over that dimension; otherwise they come from
+        reverse-mode differentiation of Pyro's contraction.
+        """
+        values = {k: v.detach() for k, v in values.items()}
+        with torch.no_grad():
+            tr, factors, costs, sum_dims = self.factors(values)
+        ordinals = {ordinal for ordinal, _ in factors.values()}
+        if not factors:
+            # Every enumerated site has a single value (e.g. K = 1): Pyro's packing drops
+            # size-1 dims, so nothing is left to sum; each posterior is 1 and log p(x) is
+            # just the sum of the costs.
+            return self._trivial_estep(tr, costs)
+        if len(sum_dims) == 1 and len(ordinals) == 1:
+            log_z, weights = self._local_estep(tr, factors, sum_dims, need_weights)
+        else:
+            log_z, weights = self._generic_estep(tr, factors, sum_dims, need_weights)
+        zero = torch.zeros((), dtype=log_z.dtype)
+        cost_total = sum((c.detach() for c in costs.values()), zero)
+        log_prior = sum((costs[n].detach() for n in self.sample_latents if n in costs), zero)
+        log_joint = float(log_z + cost_total)
+        if not math.isfinite(log_joint):
+            raise ModelError("the log evidence is not finite at the current parameters "
+                             "(NaN or -inf): check the data for NaN/inf and the model's supports")
+        marginals = OrderedDict()
+        if need_weights:
+            for name in self.enum_sites:
+                marginals[name] = self._site_marginal(tr, name, weights[name])
+        return EStep(log_joint=log_joint, log_likelihood=log_joint - float(log_prior),
+                     log_prior=float(log_prior), marginals=marginals, weights=weights)
+
+    def _trivial_estep(self, tr, costs):
+        zero = torch.zeros((), dtype=next(iter(costs.values())).dtype)
+        log_joint = float(sum((c.detach() for c in costs.values()), zero))
+        log_prior = float(sum((costs[n].detach() for n in self.sample_latents if n in costs), zero))
+        marginals = OrderedDict()
+        for name in self.enum_sites:
+            frames = sorted((f for f in tr.nodes[name]["cond_indep_stack"] if f.vectorized),
+                            key=lambda f: f.dim)
+            marginals[name] = torch.ones(*[f.size for f in frames], 1, dtype=zero.dtype)
+        return EStep(log_joint=log_joint, log_likelihood=log_joint - log_prior,
+                     log_prior=log_prior, marginals=marginals, weights=OrderedDict())
+
+    @staticmethod
+    def _local_estep(tr, factors, sum_dims, need_weights):
+        """One enumerated dim, one plate context: softmax over it."""
+        enum_dim = tr.symbol_to_dim[next(iter(sum_dims))]
+        dense = [tr.nodes[name]["log_prob"] for name in factors]
+        shape = torch.broadcast_shapes(*(d.shape for d in dense))
+        # At large N the cost is in allocating (and page-faulting) (K, N) buffers,
+        # not in arithmetic: accumulate into one buffer and work in place. The
+        # trace is private to this call, so a full-shape log-prob tensor it made
+        # may serve as that buffer.
+        own = [i for i, d in enumerate(dense)
+               if d.shape == shape and d.is_contiguous() and d._base is None and not d.requires_grad]
+        if own:
+            total = dense[own[0]]
+            rest = [d for i, d in enumerate(dense) if i != own[0]]
+        else:
+            total = dense[0].expand(shape).clone()
+            rest = dense[1:]
+        for d in rest:
+            total.add_(d)
+        m = total.amax(enum_dim, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        total.sub_(m).exp_()  # total = exp(f - max)
+        norm = total.sum(enum_dim, keepdim=True)
+        log_z = (norm.log() + m).sum()
+        weights = OrderedDict()
+        if need_weights:
+            post = total.div_(norm)
+            for name in factors:
+                weights[name] = post
+        return log_z, weights
+
+    def _generic_estep(self, tr, factors, sum_dims, need_weights):
+        """Any enumerable structure: d log Z / d log f = marginal of factor f."""
+        with torch.enable_grad():
+            leaves = OrderedDict()
+            for name, (ordinal, term) in factors.items():
+                leaf = term.detach().requires_grad_(need_weights)
+                leaf._pyro_dims = term._pyro_dims
+                leaves[name] = (ordinal, leaf)
+            log_z = packed.unpack(self._contract(leaves, sum_dims), tr.symbol_to_dim).sum()
+            weights = OrderedDict()
+            if need_weights:
+                grads = torch.autograd.grad(log_z, [leaf for _, leaf in leaves.values()])
+                for (name, (_, leaf)), grad in zip(leaves.items(), grads):
+                    grad._pyro_dims = leaf._pyro_dims
+                    weights[name] = packed.unpack(grad, tr.symbol_to_dim)
+        return log_z.detach(), weights
+
+    def _site_marginal(self, tr, name, w):
+        """Marginal ``(*plate_shape, K)`` of one enumerated site from its factor's weights."""
+        site = tr.nodes[name]
+        enum_dim = site["infer"]["_enumerate_dim"]
+        other = [tr.nodes[n]["infer"]["_enumerate_dim"] for n in self.enum_sites if n != name]
+        other = [d for d in other if w.dim() >= -d and w.shape[d] > 1]
+        if other:  # sum out the enumeration dims of the site's parents
+            w = w.sum(other, keepdim=True)
+        dense = w.unsqueeze(-1).transpose(-1, enum_dim - 1).squeeze(enum_dim - 1)
+        # (*plate_shape, K) from the site's own plates: a plate of size 1 keeps its dim
+        frames = sorted((f for f in site["cond_indep_stack"] if f.vectorized), key=lambda f: f.dim)
+        return dense.reshape(tuple(f.size for f in frames) + (dense.shape[-1],)).detach()
+
+    # ------------------------------------------------------------------ Q
+    def q_value(self, values: dict, estep: EStep) -> torch.Tensor:
+        """Differentiable ``Q(values | estep) + log p(values)`` (expected complete log joint)."""
+        tr = self.trace(values, pack=False)
+        total = torch.zeros(())
+        for name, site in tr.nodes.items():
+            if site["type"] != "sample":
+                continue
+            lp = site["log_prob"]
+            w = estep.weights.get(name)
+            if w is None:
+                total = total + lp.sum()
+            else:
+                try:
+                    torch.broadcast_shapes(w.shape, lp.shape)
+                except RuntimeError:
+                    raise ModelError(f"the factor of site {name!r} changed shape between E-step and "
+                                     "M-step; the model's structure must not depend on parameter values")
+                term = (w * lp).sum()
+                if torch.isnan(term):
+                    # 0 * log 0: an assignment of zero posterior weight under a zero prior
+                    # probability (an emptied component with pi_k = 0) contributes 0 to Q
+                    term = torch.where(w > 0, w * lp, torch.zeros((), dtype=lp.dtype)).sum()
+                total = total + term
+        return total
+
+    def log_evidence(self, values: dict) -> torch.Tensor:
+        """Differentiable ``log p(x | values) + log p(values)`` (discrete sites summed out)."""
+        tr, factors, costs, sum_dims = self.factors(values)
+        log_z = packed.unpack(self._contract(factors, sum_dims), tr.symbol_to_dim).sum()
+        return log_z + sum(costs.values(), torch.zeros(()))
+
+    def pointwise_log_likelihood(self, values: dict, site: str) -> Optional[torch.Tensor]:
+        """``log p(x_n | values)`` per element of the plate of observed ``site``.
+
+        Returns ``None`` where the observations are not conditionally independent
+        given ``values`` (an enumerated site outside their plate couples them).
+        """
+        values = {k: v.detach() for k, v in values.items()}
+        with torch.no_grad():
+            tr, factors, costs, sum_dims = self.factors(values)
+            target = _ordinal(tr, tr.nodes[site])
+            if not target:
+                return None
+            for name in self.enum_sites:
+                if not target <= _ordinal(tr, tr.nodes[name]):
+                    return None
+            # plates of size 1 have no dim in the packed tensors: do not ask the ring for them
+            sizes = {tr.plate_to_symbol[f.name]: f.size
+                     for f in tr.nodes[site]["cond_indep_stack"] if f.vectorized}
+            ring_target = frozenset(s for s in target if sizes.get(s, 2) > 1)
+            ll = packed.unpack(self._contract(factors, sum_dims, target_ordinal=ring_target),
+                               tr.symbol_to_dim)
+            for name in costs:
+                if name in self.sample_latents:
+                    continue
+                node = tr.nodes[name]
+                if _ordinal(tr, node) != target:
+                    return None  # a cost outside the observation plate: not pointwise
+                ll = ll + packed.unpack(node["packed"]["log_prob"], tr.symbol_to_dim)
+            return ll.reshape(-1).detach()

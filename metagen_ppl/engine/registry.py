@@ -1,0 +1,147 @@
+"""Finding model variants by name or by file path.
+
+A *model module* is an ordinary Python file that defines
+
+``model(data, num_objects, **options)``
+    the Pyro model function (required). ``data`` is a dict of tensors (for the
+    point models ``{"x": (N, 3)}``, optionally ``"o": (N,)``).  Discrete
+    assignment sites are marked ``infer={"enumerate": "parallel"}``; continuous
+    unknowns are ``pyro.sample`` sites (fitted as MAP by EM and SVI-MAP, sampled
+    by NUTS) or ``pyro.param`` sites.
+
+and optionally
+
+``simulate(num_objects, num_obs, seed, **options) -> dict``
+    a simulated data set in the JSON exchange format, with ``"truth"``;
+``initialize(data, num_objects, generator, **options) -> dict``
+    starting values of the continuous unknowns (one restart);
+``closed_form_mstep(data, marginals, params, num_objects, **options) -> dict``
+    the fast-path M-step: new values of the sites it knows in closed form
+    (``marginals``: each enumerated site's posterior; a hook with an ``estep``
+    parameter also receives the whole :class:`~metagen_ppl.engine.enumeration.EStep`);
+``reseed_empty(data, marginals, params, num_objects, *, threshold, skip, **options)``
+    a new start for a component that lost all responsibility (read from the
+    module by :func:`~metagen_ppl.engine.em.fit_em` with ``empty="reinit"``; see
+    :mod:`metagen_ppl.engine.em`);
+``data_from_json(obj, dtype) -> dict``
+    converts a parsed JSON data file to the model's ``data`` dict;
+``prepare_comparison(obj, *, seed, dtype, num_objects, options, progress, log, source)``
+    the set-up of ``metagen-ppl compare`` for a model with a discrete structure
+    to search (returns a :class:`metagen_ppl.engine.comparison.ComparisonSetup`);
+``COMPARE_SIMULATION``, ``COMPARE_BUDGET``, ``CATEGORY_STRATEGIES``
+    ``compare``'s default simulation sizes, budget defaults, and the EM category
+    strategies to run (models with per-object category sites);
+``COMPONENT_SITES``
+    ``{site: dim}``: sites indexed by object along ``dim`` (used to align
+    labels across MCMC draws and to match estimates to the truth);
+``LOCATION_SITE``
+    the name of the ``(K, D)`` site holding object locations (default
+    ``"locs"``).
+
+Built-in variants live in the repository's ``models/`` folder, installed as the
+package ``metagen_ppl.models``, and are found by name (``"baseline"``) through one
+table: the entry points of the group ``metagen_ppl.models`` (``pyproject.toml``;
+another installed package may register its own models there). Any other file is
+found by its path (``"my_models/variant.py"``), so a user can run their own
+variant with the same commands. This module imports no model.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Callable, Optional
+
+from metagen_ppl.errors import ModelError
+
+
+@dataclass
+class ModelSpec:
+    """A model module, with its optional hooks resolved (``None`` if absent)."""
+
+    name: str
+    model: Callable
+    module: ModuleType
+    simulate: Optional[Callable] = None
+    initialize: Optional[Callable] = None
+    closed_form_mstep: Optional[Callable] = None
+    data_from_json: Optional[Callable] = None
+    component_sites: dict = field(default_factory=dict)
+    location_site: str = "locs"
+
+
+#: Entry-point group of the registered (built-in and third-party) models.
+ENTRY_POINT_GROUP = "metagen_ppl.models"
+
+
+@functools.lru_cache(maxsize=1)
+def _registered() -> dict:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def builtin_models() -> list[str]:
+    """Names of the registered model variants (entry points of :data:`ENTRY_POINT_GROUP`)."""
+    return sorted(_registered())
+
+
+def _spec_from_module(name: str, module: ModuleType) -> ModelSpec:
+    model = getattr(module, "model", None)
+    if not callable(model):
+        raise ModelError(
+            f"model module {name!r} defines no function `model(data, num_objects, ...)`; "
+            "add one (see metagen_ppl.engine.registry for the protocol)"
+        )
+    return ModelSpec(
+        name=name,
+        model=model,
+        module=module,
+        simulate=getattr(module, "simulate", None),
+        initialize=getattr(module, "initialize", None),
+        closed_form_mstep=getattr(module, "closed_form_mstep", None),
+        data_from_json=getattr(module, "data_from_json", None),
+        component_sites=dict(getattr(module, "COMPONENT_SITES", {})),
+        location_site=getattr(module, "LOCATION_SITE", "locs"),
+    )
+
+
+def load_model(name_or_path) -> ModelSpec:
+    """Return the :class:`ModelSpec` of a built-in model name or a ``.py`` path.
+
+    Raises
+    ------
+    ModelError
+        If no built-in model has that name and no such file exists, or the
+        file does not define ``model``.
+    """
+    if isinstance(name_or_path, ModelSpec):
+        return name_or_path
+    if isinstance(name_or_path, ModuleType):
+        return _spec_from_module(name_or_path.__name__.rsplit(".", 1)[-1], name_or_path)
+    text = os.fspath(name_or_path)
+    if text.endswith(".py") or os.sep in text or "/" in text:
+        if not os.path.isfile(text):
+            raise ModelError(f"model file {text!r} does not exist; give a built-in name "
+                             f"({', '.join(builtin_models())}) or the path of a .py file")
+        if not text.endswith(".py"):
+            raise ModelError(f"model file {text!r} is not a Python file; give the path of a .py "
+                             "file that defines `model`, or a built-in model name")
+        mod_name = "metagen_user_model_" + os.path.splitext(os.path.basename(text))[0]
+        spec = importlib.util.spec_from_file_location(mod_name, text)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # a user's file that does not import is bad input
+            raise ModelError(f"model file {text!r} failed to import: {type(e).__name__}: {e}") from e
+        return _spec_from_module(os.path.splitext(os.path.basename(text))[0], module)
+    table = _registered()
+    if text not in table:
+        if not table:
+            raise ModelError(f"unknown model {text!r}: no models are registered; install metagen_ppl "
+                             "(pip install -e .) so that its entry points exist, or give the path of a .py file")
+        raise ModelError(f"unknown model {text!r}; built-in models are: {', '.join(sorted(table))} "
+                         "(or give the path of a .py file that defines `model`)")
+    return _spec_from_module(text, table[text].load())

@@ -1,0 +1,115 @@
+"""Checks of data tensors and sizes, with errors that say what to fix."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from metagen_ppl.errors import DataError
+
+
+def check_data(data: dict) -> None:
+    """Validate a model's data dict: tensors, finite values, ``x`` of shape (N, D)."""
+    if not isinstance(data, dict) or not data:
+        raise DataError("data must be a non-empty dict of tensors, e.g. {'x': tensor of shape (N, 3)}")
+    for key, value in data.items():
+        if not torch.is_tensor(value):
+            continue
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            bad = (~torch.isfinite(value)).nonzero()[0].tolist()
+            raise DataError(f"data[{key!r}] contains NaN or inf (first at index {bad}); "
+                            "remove or impute those entries")
+    x = data.get("x")
+    if x is not None:
+        if not torch.is_tensor(x) or x.dim() != 2:
+            raise DataError(f"data['x'] must be a tensor of shape (N, D), got shape "
+                            f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+        if x.shape[0] == 0:
+            raise DataError("data['x'] has no observations (N = 0); a scene needs at least one detection")
+        if not x.is_floating_point():
+            raise DataError("data['x'] must be a floating-point tensor")
+        if x.shape[1] == 0:
+            raise DataError("data['x'] has rows of no coordinates (shape (N, 0)); expected (N, D), D >= 1")
+
+
+def check_num_objects(num_objects, data: dict) -> None:
+    """``1 <= K <= N``."""
+    if isinstance(num_objects, bool) or not isinstance(num_objects, numbers.Integral):
+        raise DataError(f"num_objects must be an integer, got {num_objects!r}")
+    if num_objects < 1:
+        raise DataError(f"num_objects must be at least 1, got {num_objects}")
+    x = data.get("x")
+    if torch.is_tensor(x) and num_objects > x.shape[0]:
+        raise DataError(f"num_objects = {num_objects} exceeds the number of observations "
+                        f"N = {x.shape[0]}; use K <= N")
+
+
+#: Model options (keyword arguments of the built-in models) that must be finite numbers > 0.
+POSITIVE_OPTIONS = ("scale", "loc_prior_scale", "weight_concentration", "scale_prior_shape", "scale_prior_rate",
+                    "rate_prior_shape", "rate_prior_rate", "hall_prior_shape", "hall_prior_rate",
+                    "pixel_scale", "mark_concentration", "half_fov", "confusion_diag")
+#: Model options that must be finite numbers.
+FINITE_OPTIONS = ("loc_prior_mean",)
+#: Model options that are vectors of finite numbers > 0 (per category).
+POSITIVE_VECTOR_OPTIONS = ("rates", "hallucination")
+
+
+def _option_number(key, value, where):
+    if torch.is_tensor(value) and value.numel() == 1 and value.is_floating_point():
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise DataError(f"{where} {key}={value!r:.60}: must be a number")
+    value = float(value)
+    if not math.isfinite(value):
+        raise DataError(f"{where} {key}={value}: must be a finite number")
+    return value
+
+
+def _option_vector(key, value, where):
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(f"{where} {key}={value!r:.60}: must be a list of numbers") from None
+    if t.dim() != 1 or t.numel() == 0:
+        raise DataError(f"{where} {key}: must be a non-empty list of numbers, got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise DataError(f"{where} {key}={t.tolist()}: must hold finite numbers")
+    return t
+
+
+def check_options(options: dict, num_objects=None, where: str = "option") -> None:
+    """Check the values of well-known model options (the built-in models' keywords).
+
+    Scales, prior shapes and rates must be finite and positive, ``weights`` a
+    probability vector of length ``num_objects``, ``num_categories`` an integer
+    >= 1, ``count_prior_p`` in (0, 1). Options with other names are left to the
+    model. Raises :class:`DataError` naming the option.
+    """
+    for key, value in (options or {}).items():
+        if value is None:
+            continue
+        if key in POSITIVE_OPTIONS:
+            if _option_number(key, value, where) <= 0:
+                raise DataError(f"{where} {key}={value}: must be > 0")
+        elif key in FINITE_OPTIONS:
+            _option_number(key, value, where)
+        elif key in POSITIVE_VECTOR_OPTIONS:
+            t = _option_vector(key, value, where)
+            if bool((t <= 0).any()):
+                raise DataError(f"{where} {key}={t.tolist()}: every rate must be > 0")
+        elif key == "count_prior_p":
+            p = _option_number(key, value, where)
+            if not 0 < p < 1:
+                raise DataError(f"{where} {key}={value}: must be in (0, 1)")
+        elif key == "num_categories":
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise DataError(f"{where} {key}={value!r:.60}: must be an integer >= 1")
+        elif key == "weights":
+            t = _option_vector(key, value, where)
+            if num_objects is not None and t.numel() != int(num_objects):
+                raise DataError(f"{where} weights has {t.numel()} entries but there are "
+                                f"{int(num_objects)} objects; give one weight per object")
+            if bool((t < 0).any()) or abs(float(t.sum()) - 1.0) > 1e-6:
+                raise DataError(f"{where} weights={t.tolist()}: must be non-negative and sum to 1")
