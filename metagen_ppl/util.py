@@ -1,4 +1,4 @@
-"""Small shared helpers: seeding, timing."""
+"""Small shared helpers: seeding, progress bars, numbers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pyro
 import torch
+from tqdm.auto import tqdm
 
 
 @contextlib.contextmanager
@@ -21,6 +22,19 @@ def seeded(seed):
         finally:
             np.random.set_state(np_state)
             random.setstate(py_state)
+
+
+@contextlib.contextmanager
+def progress_bar(total, desc: str, enabled: bool, **kwargs):
+    """A tqdm bar on stderr while the block runs (``None`` when not ``enabled``), closed afterwards."""
+    if not enabled:
+        yield None
+        return
+    bar = tqdm(total=total, desc=desc, leave=False, **kwargs)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def to_float(x):

@@ -154,7 +154,7 @@ def test_mstep_category_update_maximises_engine_q():
 
 def test_enumerated_confusion_update_equals_optimizer():
     """The closed-form A update under enumeration (recomputed joint counts) is the optimiser's argmax of Q."""
-    from metagen_ppl.engine.em import optimizer_mstep
+    from metagen_ppl.engine.mstep import optimizer_mstep
 
     K, C = 2, 3
     data, _, _ = _scene(K, 60, seed=2, C=C)

@@ -115,7 +115,7 @@ def test_point_process_likelihood_by_hand():
 # --------------------------------------------------------------------------- EM
 def test_em_log_joint_never_decreases_and_generic_fit_em(small):
     res = fit_metacognition(small, mode="learn", max_rounds=4)
-    phases = [e for e in res.trace]
+    phases = [e for e in res.history]
     n_em = 0
     for a, b in zip(phases, phases[1:]):
         if b["phase"] == "em":
@@ -293,7 +293,7 @@ def test_svi_inner_and_cli(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert set(saved["V"]) == {"detection_rate", "hallucination_rate", "scale"}
     assert all("objects" in s and "path" in s for s in saved["scenes"])
-    assert saved["trace"][0]["phase"] == "init"
+    assert saved["history"][0]["phase"] == "init"
     assert main(["fit", "--data", str(path), "--mode", "fixed", "--V", str(out)]) == 0
     assert main(["simulate", "--num-scenes", "2", "--num-frames", "3", "--out", str(tmp_path / "x.json")]) == 0
     bad = tmp_path / "bad.json"

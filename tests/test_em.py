@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from metagen_ppl import DataError, EnumeratedModel, MetagenError, ModelError, fit_em, load_model
-from metagen_ppl.engine.em import initial_values, optimizer_mstep
+from metagen_ppl.engine.mstep import optimizer_mstep
+from metagen_ppl.engine.setup import initial_values
 from metagen_ppl.models import baseline
 
 # Relative slack for "never decreases": the log joint is a float64 sum of

@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-import metagen_ppl.models.projective.generative as P
+from metagen_ppl.models import projective as P
 from metagen_ppl.domain import camera
 from metagen_ppl.errors import DataError, MetagenError
 from metagen_ppl.apps.cli import evaluate as evaluate_cli

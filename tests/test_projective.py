@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import metagen_ppl.models.projective.generative as P
+from metagen_ppl.models import projective as P
+from metagen_ppl.models.projective.generative import _scale_log_prior, _scale_prior
+from metagen_ppl.models.projective.mstep import _object_batch, _project_views, _project_with_jacobian
 from metagen_ppl.domain import camera
 from metagen_ppl.engine.enumeration import EnumeratedModel
 from metagen_ppl.errors import DataError
@@ -130,7 +132,7 @@ def test_engine_and_direct_agree_on_simulated_data():
         for f in (0.9, 1.1):
             assert float(em.q_value(dict(new, **{name: new[name] * f}), est)) < q_new
     # Gauss-Newton location M-step: raises the engine's Q and agrees with its generic LBFGS M-step
-    from metagen_ppl.engine.em import optimizer_mstep
+    from metagen_ppl.engine.mstep import optimizer_mstep
 
     gn = P.location_mstep(data, new, resp, cats, active, iters=20)
     lb = optimizer_mstep(em, new, est, ["locs"], steps=100)
@@ -139,7 +141,7 @@ def test_engine_and_direct_agree_on_simulated_data():
     assert q_gn >= float(em.q_value(lb, est)) - 1e-6 * abs(q_gn)
     # per object, Gauss-Newton reaches at least the generic optimiser's value; where the object has
     # enough detections to pin it down the two agree (two or three detections leave a flat direction)
-    v, k, kw = P._object_batch(data, resp, cats, active, new)
+    v, k, kw = _object_batch(data, resp, cats, active, new)
     per_gn = P.location_objective(gn[v, k], **kw)
     per_lb = P.location_objective(lb["locs"][v, k], **kw)
     assert (per_gn >= per_lb - 1e-6).all()
@@ -164,7 +166,7 @@ def test_projection_matches_camera_and_fov_option():
     # analytic Jacobian = autograd
     f, right, up = camera.camera_frame(cam, look)
     mu = pts[0].clone().requires_grad_(True)
-    pix, _, J = P._project_with_jacobian(mu, cam, f, right, up)
+    pix, _, J = _project_with_jacobian(mu, cam, f, right, up)
     rows = [torch.autograd.grad(pix[i], mu, retain_graph=True)[0] for i in range(2)]
     assert torch.allclose(J, torch.stack(rows), atol=1e-10)
 
@@ -190,7 +192,7 @@ def test_occam_factor_limits():
     cats, active = torch.tensor([[0, 1]]), torch.tensor([[True, True]])
     vals = _values(mu2)
     _, resp = P.video_log_likelihood(data, vals, cats, active)
-    v, k, kw = P._object_batch(data, resp, cats, active, vals)
+    v, k, kw = _object_batch(data, resp, cats, active, vals)
     Hb = P.location_hessian(vals["locs"][v, k], **kw)
 
     def negq(x):
@@ -198,7 +200,7 @@ def test_occam_factor_limits():
                for key, val in kw.items()}
         kw0["views"] = {key: (val[:1] if torch.is_tensor(val) and val.dim() else val)
                         for key, val in kw["views"].items()}
-        pix, _, _ = P._project_views(x.unsqueeze(0), kw0["views"])
+        pix, _, _ = _project_views(x.unsqueeze(0), kw0["views"])
         diff = kw0["u"] - pix.unsqueeze(2)
         return 0.5 * (kw0["g"] * (diff * diff).sum(-1)).sum() / kw0["sigma"] ** 2
 
@@ -208,8 +210,8 @@ def test_occam_factor_limits():
 
 def test_scale_prior_density_matches_pyro():
     sig = torch.tensor(3.7, dtype=torch.float64)
-    ref = P._scale_prior(3.0, 72.0, torch.float64).log_prob(sig)
-    assert float(P._scale_log_prior(sig, 3.0, 72.0)) == pytest.approx(float(ref), rel=1e-10)
+    ref = _scale_prior(3.0, 72.0, torch.float64).log_prob(sig)
+    assert float(_scale_log_prior(sig, 3.0, 72.0)) == pytest.approx(float(ref), rel=1e-10)
 
 
 def test_simulate_roundtrip_and_data_dict():
@@ -257,7 +259,7 @@ def test_V_recovered_on_simulated_data():
     n_true = sum(len(v.gt_categories) for v in videos)
     assert abs(int(fit.active.sum()) - n_true) <= 0.15 * n_true
     # the search never lowered the EM objective within an EM phase
-    ems = [t for t in fit.trace if t["phase"] == "em"]
+    ems = [t for t in fit.history if t["phase"] == "em"]
     assert all(math.isfinite(t["log_joint"]) for t in ems)
 
 
@@ -298,7 +300,7 @@ def test_generic_engine_location_step_agrees_with_gauss_newton():
     a = P.fit_videos(data, max_objects=4)
     b = P.fit_videos(data, max_objects=4, location_step="lbfgs")
     assert torch.equal(a.active, b.active) and torch.equal(a.cats[a.active], b.cats[b.active])
-    assert a.trace[-1]["log_joint"] == pytest.approx(b.trace[-1]["log_joint"], abs=0.05)
+    assert a.history[-1]["log_joint"] == pytest.approx(b.history[-1]["log_joint"], abs=0.05)
     assert torch.allclose(a.values["locs"][a.active], b.values["locs"][b.active], atol=5e-3)
     with pytest.raises(DataError):
         P.fit_videos(data, location_step="adam")

@@ -17,10 +17,11 @@ import textwrap
 import pytest
 import torch
 
-import metagen_ppl.models.detector.generative as D
+from metagen_ppl.models import detector as D
 from metagen_ppl.models import projective as P
 from metagen_ppl.apps.cli import main as cli
 import metagen_ppl.models.detector.fit as MC
+from metagen_ppl.models.detector.structure import DetectorSearch
 from metagen_ppl.engine.checkpoint import Checkpoint, CheckpointError, FitInterrupted, decode, encode
 from metagen_ppl.errors import MetagenError
 from metagen_ppl.apps.evaluate import evaluate
@@ -60,14 +61,14 @@ def videos_file(tmp_path_factory):
 
 def _interrupt_metacognition_at(monkeypatch, round_):
     """Ctrl-C at the start of round ``round_`` (rounds 1 .. round_ - 1 are finished)."""
-    orig = MC._Fit.birth_step
+    orig = DetectorSearch.propose
 
-    def birth_step(self):
-        if self.round == round_:
+    def propose(self, kind):
+        if kind == "birth" and self.round == round_:
             raise KeyboardInterrupt
-        return orig(self)
+        return orig(self, kind)
 
-    monkeypatch.setattr(MC._Fit, "birth_step", birth_step)
+    monkeypatch.setattr(DetectorSearch, "propose", propose)
 
 
 def _same_result(a, b):
@@ -76,7 +77,7 @@ def _same_result(a, b):
         assert torch.equal(a.params[k], b.params[k]), k
         assert torch.allclose(a.params[k].double(), b.params[k].double(), rtol=0, atol=1e-9)
     assert torch.equal(a.responsibilities, b.responsibilities)
-    assert a.scenes == b.scenes and a.trace == b.trace
+    assert a.scenes == b.scenes and a.trace == b.trace and a.history == b.history
     assert (a.log_likelihood, a.log_joint, a.score) == (b.log_likelihood, b.log_joint, b.score)
     assert (a.n_iter, a.n_rounds, a.converged) == (b.n_iter, b.n_rounds, b.converged)
     assert a.info.get("births") == b.info.get("births") and a.info.get("deaths") == b.info.get("deaths")
@@ -130,7 +131,7 @@ def test_metacognition_finished_checkpoint_and_max_rounds(scenes, reference, tmp
     res = MC.fit_metacognition(scenes, estep="direct", checkpoint=ck, resume=True, max_rounds=20)
     _same_result(ref, res)
     # a finished checkpoint returns its result without any further structure move
-    monkeypatch.setattr(MC._Fit, "birth_step", lambda self: pytest.fail("recomputed a finished fit"))
+    monkeypatch.setattr(DetectorSearch, "propose", lambda self, kind: pytest.fail("recomputed a finished fit"))
     again = MC.fit_metacognition(scenes, estep="direct", checkpoint=ck, resume=True)
     _same_result(ref, again)
     # resume without a checkpoint file yet: starts afresh (and writes one)
@@ -272,12 +273,12 @@ def test_fit_videos_interrupt_and_resume(tmp_path):
     res = P.fit_videos(data, max_objects=4, checkpoint=ck, resume=True)
     for k in ref.values:
         assert torch.equal(ref.values[k], res.values[k]), k
-    for k in ("cats", "active", "birth_locs", "settled"):
+    for k in ("cats", "active", "birth_locs"):
         assert torch.equal(getattr(ref, k), getattr(res, k)), k
-    assert ref.trace == res.trace
+    assert ref.trace == res.trace and ref.history == res.history
     assert (ref.n_iter, ref.n_rounds, ref.births, ref.deaths, ref.converged) == \
         (res.n_iter, res.n_rounds, res.births, res.deaths, res.converged)
-    assert torch.equal(ref.result()["score"], res.result()["score"])
+    assert torch.equal(ref.info["video_score"], res.info["video_score"])
     with pytest.raises(CheckpointError, match="max_objects = 4 in the checkpoint but 5 now"):
         P.fit_videos(data, max_objects=5, checkpoint=ck, resume=True)
     with pytest.raises(CheckpointError, match="other data"):
@@ -301,12 +302,13 @@ def test_metacognition_cli_sigint_and_resume(scenes_raw, reference, tmp_path, ca
         torch.set_num_threads(1)
         from metagen_ppl.apps.cli import main as cli
         import metagen_ppl.models.detector.fit as MC
-        orig = MC._Fit.birth_step
-        def birth_step(self):
-            if self.round == 3:
+        from metagen_ppl.models.detector.structure import DetectorSearch
+        orig = DetectorSearch.propose
+        def propose(self, kind):
+            if kind == "birth" and self.round == 3:
                 os.kill(os.getpid(), signal.SIGINT)
-            return orig(self)
-        MC._Fit.birth_step = birth_step
+            return orig(self, kind)
+        DetectorSearch.propose = propose
         sys.exit(cli.main({args + ["--out", str(out)]!r}))
     """)
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -342,14 +344,14 @@ def test_evaluate_cli_interrupt_and_resume(videos_file, tmp_path, monkeypatch, c
     base = ["evaluate", "--data", videos_file["all"], "--plots", "1", "--no-progress"]
     assert cli.main(base + ["--out", str(tmp_path / "ref")]) == 0
     out = tmp_path / "run"
-    orig = P.ProjectiveFit.em_phase
+    orig = P.ProjectiveSearch.em_phase
 
     def em_phase(self, *a, **k):
-        if self.mode == "lesioned" and self.n_rounds == 2:
+        if self.mode == "lesioned" and self.round == 2:
             raise KeyboardInterrupt
         return orig(self, *a, **k)
 
-    monkeypatch.setattr(P.ProjectiveFit, "em_phase", em_phase)
+    monkeypatch.setattr(P.ProjectiveSearch, "em_phase", em_phase)
     capsys.readouterr()
     assert cli.main(base + ["--out", str(out)]) == 130
     err = [ln for ln in capsys.readouterr().err.splitlines() if "interrupted" in ln]
@@ -359,14 +361,14 @@ def test_evaluate_cli_interrupt_and_resume(videos_file, tmp_path, monkeypatch, c
     assert (out / "world_states.json").exists() and not (out / "metrics.json").exists()
     monkeypatch.undo()
     # resume: the finished EM fit is reused (no birth in learn mode), the lesioned fit continues
-    orig_birth = P.ProjectiveFit.birth_step
+    orig_birth = P.ProjectiveSearch.propose_births
     calls = []
 
-    def birth_step(self):
+    def propose_births(self):
         calls.append(self.mode)
         return orig_birth(self)
 
-    monkeypatch.setattr(P.ProjectiveFit, "birth_step", birth_step)
+    monkeypatch.setattr(P.ProjectiveSearch, "propose_births", propose_births)
     assert cli.main(base + ["--out", str(out), "--resume"]) == 0
     assert "learn" not in calls and "lesioned" in calls
     for name in ("world_states.json", "metacognition.json"):

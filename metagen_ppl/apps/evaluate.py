@@ -70,6 +70,7 @@ The run uses one torch thread by default (``num_threads``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -193,7 +194,7 @@ class _Units:
 
 
 def _fit_hash(fit) -> str:
-    return hash_tensors({k: v for k, v in fit.state_dict().items() if k != "trace"})[:16]
+    return fit.info["state_hash"]
 
 
 def _world_objects(cats, locs, active) -> list:
@@ -216,8 +217,20 @@ def _meta_json(P, values: dict) -> dict:
     return out
 
 
-def _fit_em(P, data, videos, learn_on, progress, kw, units=None):
-    """EM fit(s): returns (objects per video, learned params, info, resp per video or None)."""
+@dataclasses.dataclass
+class _EMFits:
+    """What the EM fit(s) of :func:`_fit_em` give the rest of ``evaluate``."""
+
+    objects: list          # per video: [(category, [x, y, z]), ...]
+    learned: dict          # the learned V, pixel noise, marks, field of view
+    info: dict             # {"fits": [per fit: mode, rounds, history, ...]}
+    fits: list             # the VideoFitResult(s)
+    index_sets: list       # the videos of each fit (positions in the file)
+    resp: Optional[torch.Tensor] = None   # (V, T, D, K + 1) when one fit covers every video
+
+
+def _fit_em(P, data, videos, learn_on, progress, kw, units=None) -> _EMFits:
+    """EM fit(s): V learned on all videos, or on split A and then fixed for split B."""
     V = data["cams"].shape[0]
     idx_a = [i for i, v in enumerate(videos) if v.index < SPLIT_A_SIZE]
     idx_b = [i for i, v in enumerate(videos) if v.index >= SPLIT_A_SIZE]
@@ -226,10 +239,8 @@ def _fit_em(P, data, videos, learn_on, progress, kw, units=None):
             raise DataError("--learn-on train needs videos 1-50 (split A) to learn V on")
         fit = _fit(P, data, "learn", progress, "EM fit (V learned on all videos)", units=units, name="em_learn_all",
                    **kw)
-        res = fit.result()
-        objs = fit.objects()
-        info = {"fits": [_fit_info(fit)]}
-        return objs, _V_params(fit.values), info, [fit], [list(range(V))], res["resp"]
+        return _EMFits(fit.objects(), _V_params(fit.values), {"fits": [_fit_info(fit)]}, [fit], [list(range(V))],
+                       fit.resp)
     if not idx_a:
         raise DataError("--learn-on train needs videos 1-50 (split A) to learn V on")
     P_ = P
@@ -242,15 +253,14 @@ def _fit_em(P, data, videos, learn_on, progress, kw, units=None):
     for fit, idx in ((fit_a, idx_a), (fit_b, idx_b)):
         for i, o in zip(idx, fit.objects()):
             objs[i] = o
-    info = {"fits": [_fit_info(fit_a), _fit_info(fit_b)]}
-    return objs, params, info, [fit_a, fit_b], [idx_a, idx_b], None
+    return _EMFits(objs, params, {"fits": [_fit_info(fit_a), _fit_info(fit_b)]}, [fit_a, fit_b], [idx_a, idx_b])
 
 
 def _fit_info(fit) -> dict:
-    return {"mode": fit.mode, "num_videos": fit.V, "num_objects": int(fit.active.sum()), "rounds": fit.n_rounds,
-            "em_iterations": fit.n_iter, "births": fit.births, "deaths": fit.deaths, "converged": fit.converged,
-            "field_of_view_deg": math.degrees(2 * float(fit.values["half_fov"])),
-            "trace": fit.trace}
+    return {"mode": fit.mode, "num_videos": fit.info["num_videos"], "num_objects": int(fit.active.sum()),
+            "rounds": fit.n_rounds, "em_iterations": fit.n_iter, "births": fit.births, "deaths": fit.deaths,
+            "converged": fit.converged, "field_of_view_deg": math.degrees(2 * float(fit.values["half_fov"])),
+            "history": fit.history}
 
 
 def _fit_svi(P, data, fits, index_sets, V, seed, steps, lr, progress, units=None):
@@ -518,8 +528,9 @@ def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesio
     # ---- our method
     t0 = time.perf_counter()
     fit_kw = {"max_objects": max_objects}
-    objs_em, learned, fit_info, fits, index_sets, resp_all = _fit_em(P, data, videos, learn_on, progress, fit_kw,
-                                                                     units)
+    em = _fit_em(P, data, videos, learn_on, progress, fit_kw, units)
+    objs_em, learned, fit_info, fits, index_sets, resp_all = (em.objects, em.learned, em.info, em.fits,
+                                                              em.index_sets, em.resp)
     timings["em_fit_s"] = time.perf_counter() - t0
     method_info = {}
     objs = objs_em

@@ -43,7 +43,7 @@ __all__ = ["FORMAT", "VERSION", "CheckpointError", "FitInterrupted", "Checkpoint
            "hash_tensors", "hash_file", "rng_state", "set_rng_state"]
 
 FORMAT = "metagen-ppl checkpoint"
-VERSION = 1
+VERSION = 2
 
 
 class CheckpointError(MetagenError):
@@ -276,7 +276,7 @@ class Checkpoint:
         self.fingerprint = {"data": data_hash, "settings": _settings_json(settings)}
         self.saved_round: Optional[int] = None
 
-    def _refuse(self, why: str) -> CheckpointError:
+    def refuse(self, why: str) -> CheckpointError:
         return CheckpointError(
             f"checkpoint {self.path!r} {why}; to start afresh delete that file (or run without --resume / "
             "with resume=False, which overwrites it), or resume with the data and settings it was written for",
@@ -311,25 +311,25 @@ class Checkpoint:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise self._refuse(f"cannot be read ({e.strerror or e})") from None
+            raise self.refuse(f"cannot be read ({e.strerror or e})") from None
         try:
             obj = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-            raise self._refuse("is not valid JSON (not a checkpoint, or damaged outside metagen-ppl)") from None
+            raise self.refuse("is not valid JSON (not a checkpoint, or damaged outside metagen-ppl)") from None
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-            raise self._refuse("is not a metagen-ppl checkpoint")
+            raise self.refuse("is not a metagen-ppl checkpoint")
         if obj.get("version") != VERSION:
-            raise self._refuse(f"has format version {obj.get('version')!r}, this metagen-ppl reads version "
+            raise self.refuse(f"has format version {obj.get('version')!r}, this metagen-ppl reads version "
                                f"{VERSION}")
         if obj.get("kind") != self.kind:
-            raise self._refuse(f"belongs to a {obj.get('kind')!r} run, not to this {self.kind!r} run")
+            raise self.refuse(f"belongs to a {obj.get('kind')!r} run, not to this {self.kind!r} run")
         why = self.mismatch(obj.get("fingerprint"))
         if why is not None:
-            raise self._refuse(f"was written for {why}")
+            raise self.refuse(f"was written for {why}")
         try:
             out = {"round": int(obj["round"]), "done": bool(obj["done"]), "state": decode(obj["state"])}
         except (KeyError, TypeError, ValueError) as e:
-            raise self._refuse(f"is incomplete ({type(e).__name__}: {e})") from None
+            raise self.refuse(f"is incomplete ({type(e).__name__}: {e})") from None
         out["extra"] = obj.get("extra", {})
         self.saved_round = out["round"]
         return out

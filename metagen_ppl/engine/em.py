@@ -1,294 +1,305 @@
-"""The EM engine: one loop for every model.
+"""The EM engine: one iteration loop and one restart driver for every model.
 
-``fit_em`` alternates
+:func:`run_em` is the only EM iteration loop of the package. It alternates,
+from a starting point ``theta_0``,
 
-* E-step: exact posterior over the enumerated sites at ``theta_t``
-  (:meth:`EnumeratedModel.estep`);
-* M-step: ``theta_{t+1} = argmax_theta Q(theta | theta_t) + log p(theta)``,
-  by the model's registered closed form when it has one (the fast path) and by
-  a torch optimiser (LBFGS by default) on the unconstrained parameters for
-  everything else,
+* M-step: ``theta_{t+1} = argmax_theta Q(theta | theta_t) + log p(theta)``
+  (:meth:`EMSteps.mstep`);
+* E-step at ``theta_{t+1}``: the posterior of the discrete sites, the log joint
+  ``L = log p(x | theta) + log p(theta)`` (:meth:`EMSteps.estep`);
+* an after-E-step hook (:meth:`EMSteps.after_estep`, e.g. re-seeding an empty
+  component);
 
-until the relative change of the log joint ``log p(x | theta) + log p(theta)``
-falls below ``tol``; ``num_inits`` restarts keep the best; the returned
-posteriors come from a final E-step at the returned parameters.
+until ``|L_t - L_{t-1}| <= tol * max(|L_t|, 1)`` (:func:`has_converged`, the
+one convergence test) with no discrete parameter changed. :func:`fit_em` runs
+it from ``num_inits`` starts and keeps the best (the restart driver).
 
-Empty components. After each E-step, a model module may re-seed a component
-that lost all responsibility, through an optional hook
+Hooks. An :class:`EMSteps` object is the set of hooks of one fit. The default,
+:class:`ModelSteps`, is built from a model module's optional hooks (protocol:
+:mod:`metagen_ppl.engine.registry`):
 
+``estep(data, params, num_objects, **options) -> EStep``
+    a model's own (batched) E-step, used instead of Pyro enumeration; it must
+    equal :meth:`EnumeratedModel.estep <metagen_ppl.engine.enumeration.EnumeratedModel.estep>`
+    (test it so);
+``closed_form_mstep(data, marginals, params, num_objects, **options) -> dict``
+    closed-form M-steps for some sites; the engine's generic optimiser
+    (:func:`~metagen_ppl.engine.mstep.optimizer_mstep`) takes the rest;
+``discrete_update(data, estep, params, num_objects, *, iteration, **options) -> (dict, bool)``
+    parameters updated in closed form after the continuous ones: the discrete
+    parameters named by ``fit_em(discrete=...)`` (e.g. the object categories of
+    the categorical model) and whatever depends on them (its confusion matrix).
+    Returns the new values and whether a discrete value changed (EM has not
+    converged while one does). Called once more before the first E-step of every
+    restart with ``estep=None`` and ``iteration=0``, to start the discrete
+    parameters from the continuous start;
 ``reseed_empty(data, marginals, params, num_objects, *, threshold, skip, **options)``
-    returns ``(updates, k)``: new values of some sites that move the first empty
-    component ``k`` not in ``skip`` (``N_k <= threshold * N``), or ``({}, None)``.
+    the after-E-step hook: a new start ``(updates, k)`` for the first component
+    ``k`` not in ``skip`` that lost all responsibility (``N_k <= threshold * N``),
+    or ``({}, None)``. The engine accepts a proposal only if the log joint at it
+    is not lower (``empty="reinit"``), so the trace stays monotone.
 
-The engine accepts a proposal only if the log joint at it is at least the
-current one (see :func:`fit_em`'s ``empty``), so the trace stays monotone.
+A model whose fit needs more than these (e.g. the projective model's camera and
+location steps inside a structure search) subclasses :class:`ModelSteps` or
+:class:`EMSteps`; the loop stays :func:`run_em`.
 
-Precision. :func:`bind` (shared with SVI and MCMC) converts the data and the
-options to the requested ``dtype``; everything downstream follows the data's dtype.
+Precision. :func:`~metagen_ppl.engine.setup.bind` (shared with SVI and MCMC)
+converts the data and the options to the requested ``dtype``; everything
+downstream follows the data's dtype.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import time
 import warnings
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
-from pyro import poutine
-from pyro.distributions.transforms import biject_to
 
 from metagen_ppl.engine.enumeration import EnumeratedModel, EStep
-from metagen_ppl.errors import DataError, MetagenError, ModelError
+from metagen_ppl.engine.mstep import optimizer_mstep
 from metagen_ppl.engine.registry import ModelSpec, load_model
 from metagen_ppl.engine.result import FitResult
-from metagen_ppl.util import seeded
-from metagen_ppl.engine.validate import check_data, check_num_objects, check_options
+from metagen_ppl.engine.setup import bind, initial_values
+from metagen_ppl.errors import MetagenError, ModelError
+from metagen_ppl.util import progress_bar
+
+MSTEPS = ("auto", "closed", "optimizer")
 
 
-def _progress(total, desc, enabled):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False)
+def has_converged(previous: float, current: float, tol: Optional[float]) -> bool:
+    """EM's convergence test: ``|L_t - L_{t-1}| <= tol * max(|L_t|, 1)`` (never with ``tol=None``)."""
+    return tol is not None and abs(current - previous) <= tol * max(abs(current), 1.0)
 
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+@dataclasses.dataclass
+class EMRun:
+    """One run of :func:`run_em`.
+
+    Attributes
+    ----------
+    values : dict
+        The parameters at the end (continuous sites, discrete parameters, model options EM updates).
+    estep : EStep
+        The E-step at ``values`` (its posteriors are consistent with ``values``).
+    trace : list of float
+        The log joint before the first M-step, then after every iteration.
+    n_iter : int
+    converged : bool
+    """
+
+    values: dict
+    estep: EStep
+    trace: list
+    n_iter: int
+    converged: bool
 
 
-def resolve_dtype(dtype, data: Optional[dict] = None) -> torch.dtype:
-    """The floating dtype a fit runs in.
+class EMSteps:
+    """The hooks of one EM fit (see the module docstring); subclass and override."""
+
+    def start(self, values: dict) -> dict:
+        """Called once per run before the first E-step; returns the starting values (default: as given)."""
+        return values
+
+    def estep(self, values: dict) -> EStep:
+        raise NotImplementedError
+
+    def mstep(self, values: dict, est: EStep, iteration: int) -> tuple:
+        """``(new values, changed)``: ``changed`` says a discrete parameter moved."""
+        raise NotImplementedError
+
+    def after_estep(self, values: dict, est: EStep, iteration: int) -> tuple:
+        """``(values, est, moved)`` after each E-step; ``moved``: the hook changed the parameters."""
+        return values, est, False
+
+
+def run_em(steps: EMSteps, values: dict, *, tol: Optional[float], max_iter: int, est: Optional[EStep] = None,
+           progress=None, on_iteration: Optional[Callable] = None) -> EMRun:
+    """The EM iteration loop (the only one in the package).
 
     Parameters
     ----------
-    dtype : None, str or torch.dtype
-        ``None``: the dtype of the data's first floating tensor (the default
-        dtype if it has none); ``"float32"``/``"float64"`` or
-        ``torch.float32``/``torch.float64``: that one. Half precisions are
-        refused (Pyro's distributions and the E-step's sums are not written for them).
-    data : dict, optional
-
-    Raises
-    ------
-    MetagenError
-        For any other value.
+    steps : EMSteps
+        The E-step, M-step and after-E-step hooks.
+    values : dict
+        Starting parameters (passed through ``steps.start``).
+    tol : float or None
+        Relative tolerance of :func:`has_converged`; ``None`` runs exactly ``max_iter`` iterations.
+    max_iter : int
+    est : EStep, optional
+        The E-step at ``values`` if the caller already has it (skips the first E-step).
+    progress : tqdm-like bar, optional
+        Advanced by one per iteration, its postfix showing the log joint.
+    on_iteration : callable ``(iteration, values, est)``, optional
+        Called after every iteration (e.g. to record a trace entry or a checkpoint).
     """
-    if dtype is None:
-        for v in (data or {}).values():
-            if torch.is_tensor(v) and v.is_floating_point():
-                return v.dtype
-        return torch.get_default_dtype()
-    if isinstance(dtype, str) and dtype in _DTYPES:
-        return _DTYPES[dtype]
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
-        return dtype
-    raise MetagenError(f"unknown dtype {dtype!r}; choose None (the data's dtype), 'float32' or 'float64'")
-
-
-def _convert(value, dtype):
-    """Floating tensors (also inside lists, tuples and dicts) to ``dtype``; the rest unchanged."""
-    if torch.is_tensor(value):
-        return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
-    if isinstance(value, dict):
-        return {k: _convert(v, dtype) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and any(torch.is_tensor(v) or isinstance(v, (dict, list, tuple))
-                                                for v in value):
-        return type(value)(_convert(v, dtype) for v in value)
-    return value
-
-
-def bind(spec: ModelSpec, data: dict, num_objects, options: Optional[dict], dtype=None):
-    """Validate ``data`` and ``K`` and bind them to the model: ``(EnumeratedModel, K, dtype)``.
-
-    The one set-up shared by every inference method (EM, SVI, MCMC). With a
-    ``dtype`` (see :func:`resolve_dtype`) every floating tensor of ``data`` and
-    ``options`` is converted to it first, so the whole fit runs in that
-    precision; ``em.data`` holds the converted data (pass it, not ``data``, to
-    anything that runs the model). With ``dtype=None`` nothing is converted and
-    the data's dtype rules.
-    """
-    check_data(data)
-    check_num_objects(num_objects, data)
-    num_objects = int(num_objects)
-    check_options(options, num_objects)
-    options = dict(options or {})
-    if dtype is not None:
-        dtype = resolve_dtype(dtype)
-        data = _convert(dict(data), dtype)
-        options = _convert(options, dtype)
-        for key, value in data.items():
-            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
-                raise DataError(f"data[{key!r}] does not fit in {dtype} (values overflow to inf); "
-                                "rescale the data or use float64")
-    else:
-        dtype = resolve_dtype(None, data)
-    em = EnumeratedModel(spec.model, data, num_objects, options)
-    return em, num_objects, dtype
-
-
-def initial_values(spec: ModelSpec, em: EnumeratedModel, generator: torch.Generator, dtype,
-                   init: Optional[dict] = None) -> dict:
-    """Starting values for one restart: the model's ``initialize`` hook, else a prior draw;
-    entries of ``init`` (user-given values) override both."""
-    unknown = sorted(set(init or {}) - set(em.latents))
-    if unknown:
-        raise MetagenError(f"init gives values for {unknown}, which are not unknowns of this model "
-                           f"(fixed by options, or misspelt); its unknowns are {list(em.latents)}")
-    values = {}
-    seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-    with seeded(seed):
-        tr = poutine.trace(em.raw_model).get_trace(em.data, em.num_objects, **em.options)
-    for name in em.latents:
-        values[name] = tr.nodes[name]["value"].detach().to(dtype)
-    if spec.initialize is not None:
-        given = spec.initialize(em.data, em.num_objects, generator, **em.options)
-        values.update({k: v.detach().to(dtype) for k, v in given.items() if k in em.latents})
-    if init:
-        values.update({k: torch.as_tensor(v, dtype=dtype) for k, v in init.items()})
-    return values
-
-
-def optimizer_mstep(em: EnumeratedModel, values: dict, est: EStep, names, *,
-                    optimizer: str = "lbfgs", steps: int = 50, lr: Optional[float] = None) -> dict:
-    """Generic M-step: maximise ``Q + log prior`` over ``names`` with a torch optimiser.
-
-    Works in the unconstrained space of each site (``biject_to(support)``). It is
-    a generalised M-step: if the optimiser does not improve Q the old values are
-    kept, so Q never decreases.
-    """
-    names = list(names)
-    if not names:
-        return values
-    transforms = {n: biject_to(em.latents[n].constraint) for n in names}
-    free = {}
-    for n in names:
-        u = transforms[n].inv(values[n]).detach().clone()
-        free[n] = torch.nan_to_num(u, nan=0.0, posinf=30.0, neginf=-30.0).requires_grad_(True)
-
-    def current():
-        v = dict(values)
-        v.update({n: transforms[n](free[n]) for n in names})
-        return v
-
-    with torch.no_grad():
-        q_old = float(em.q_value(values, est))
-    norm = max(abs(q_old), 1.0)
-    params = list(free.values())
-    if optimizer == "lbfgs":
-        opt = torch.optim.LBFGS(params, lr=lr or 1.0, max_iter=steps, line_search_fn="strong_wolfe",
-                                tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20)
-
-        def closure():
-            opt.zero_grad()
-            loss = -em.q_value(current(), est) / norm
-            loss.backward()
-            return loss
-
-        with torch.enable_grad():
-            opt.step(closure)
-    elif optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr or 0.05)
-        with torch.enable_grad():
-            for _ in range(steps):
-                opt.zero_grad()
-                loss = -em.q_value(current(), est) / norm
-                loss.backward()
-                opt.step()
-    else:
-        raise MetagenError(f"unknown optimizer {optimizer!r}; choose 'lbfgs' or 'adam'")
-    with torch.no_grad():
-        new = {k: v.detach() for k, v in current().items()}
-        q_new = float(em.q_value(new, est))
-    if not (q_new >= q_old) or not all(torch.isfinite(new[n]).all() for n in names):
-        return values  # no improvement: keep the old point (GEM step)
-    return new
-
-
-def _reseed(spec, em, values, est, it, *, threshold, done, events, rejected):
-    """Offer every empty component, one at a time, to the model's ``reseed_empty`` hook.
-
-    A proposal is accepted only if the log joint at it (a fresh E-step) is not
-    lower than the current one, so the EM trace stays monotone. Each component is
-    offered at most once per run (``done``): accepted moves go to ``events``,
-    refused ones to ``rejected`` (that component is kept as it is).
-    """
-    hook = getattr(spec.module, "reseed_empty", None)
-    if hook is None:
-        return values, est, False
-    changed = False
-    while True:
-        upd, k = hook(em.data, est.marginals, values, em.num_objects, threshold=threshold,
-                      skip=frozenset(done), **em.options)
-        if k is None:
-            return values, est, changed
-        k = int(k)
-        done.add(k)
-        proposal = dict(values)
-        proposal.update({n: v.detach() for n, v in upd.items() if n in em.latents})
-        try:
-            est_new = em.estep(proposal)
-        except ModelError:
-            est_new = None
-        if est_new is not None and est_new.log_joint >= est.log_joint:
-            values, est, changed = proposal, est_new, True
-            events.append((it, k))
-        else:
-            rejected.append((it, k))
-
-
-def _single_run(spec, em, init, *, mstep, optimizer, optimizer_steps, tol, max_iter, pbar,
-                empty="reinit", empty_threshold=1e-8):
-    values = dict(init)
-    closed = spec.closed_form_mstep if mstep in ("auto", "closed") else None
-    # a closed form that needs joint factor marginals may take the whole E-step
-    accepts_estep = closed is not None and "estep" in inspect.signature(closed).parameters
-    est = em.estep(values)
+    values = steps.start(dict(values))
+    est = steps.estep(values) if est is None else est
     trace = [est.log_joint]
-    q_trace = []
-    converged = False
-    n_iter = 0
-    done, events, rejected = set(), [], []
+    converged, n_iter = False, 0
     for it in range(1, max_iter + 1):
-        rest = list(em.latents)
-        if closed is not None:
-            extra = {"estep": est} if accepts_estep else {}
-            upd = closed(em.data, est.marginals, values, em.num_objects, **extra, **em.options)
-            values = dict(values)
-            values.update({k: v.detach() for k, v in upd.items() if k in em.latents})
-            rest = [n for n in em.latents if n not in upd]
-        if rest:
-            values = optimizer_mstep(em, values, est, rest, optimizer=optimizer, steps=optimizer_steps)
-            with torch.no_grad():
-                q_trace.append(float(em.q_value(values, est)))
-        prev = est.log_joint
-        est = em.estep(values)
-        moved = False
-        if empty == "reinit":
-            # the trace records the log joint after any accepted re-seed (never lower)
-            values, est, moved = _reseed(spec, em, values, est, it, threshold=empty_threshold,
-                                         done=done, events=events, rejected=rejected)
+        values, changed = steps.mstep(values, est, it)
+        previous = est.log_joint
+        est = steps.estep(values)
+        values, est, moved = steps.after_estep(values, est, it)
         trace.append(est.log_joint)
         n_iter = it
-        if pbar is not None:
-            pbar.update(1)
-            pbar.set_postfix(log_joint=f"{est.log_joint:.4g}")
-        if tol is not None and not moved and abs(est.log_joint - prev) <= tol * max(abs(est.log_joint), 1.0):
+        if on_iteration is not None:
+            on_iteration(it, values, est)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(log_joint=f"{est.log_joint:.4g}")
+        if not changed and not moved and has_converged(previous, est.log_joint, tol):
             converged = True
             break
-    return values, est, trace, q_trace, n_iter, converged, events, rejected
+    return EMRun(values=values, estep=est, trace=trace, n_iter=n_iter, converged=converged)
+
+
+def _takes(fn, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class ModelSteps(EMSteps):
+    """EM hooks of a model module: its own where it has them, the engine's elsewhere.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    em : EnumeratedModel
+        The model bound to its data and options (the engine's E-step and Q).
+    mstep : {"auto", "closed", "optimizer"}
+        ``auto``/``closed``: the model's closed form where it has one, the generic
+        optimiser for the rest; ``optimizer``: the generic optimiser for every site.
+    optimizer, optimizer_steps :
+        Of the generic M-step.
+    empty : {"reinit", "keep"}, empty_threshold : float
+        Re-seeding of empty components through the model's ``reseed_empty`` hook.
+    fast_estep : bool
+        Use the model's ``estep`` hook where it has one (``False``: always Pyro enumeration).
+    """
+
+    def __init__(self, spec: ModelSpec, em: EnumeratedModel, *, mstep: str = "auto", optimizer: str = "lbfgs",
+                 optimizer_steps: int = 50, empty: str = "reinit", empty_threshold: float = 1e-8,
+                 fast_estep: bool = True):
+        self.spec, self.em = spec, em
+        self.closed = spec.closed_form_mstep if mstep in ("auto", "closed") else None
+        # a closed form that needs joint factor marginals may take the whole E-step
+        self.closed_takes_estep = self.closed is not None and _takes(self.closed, "estep")
+        self.model_estep = spec.estep if fast_estep else None
+        self.discrete_update = spec.discrete_update
+        if em.discrete and self.discrete_update is None:
+            raise ModelError(f"model {spec.name!r} has discrete parameters {list(em.discrete)} but no "
+                             "discrete_update hook to update them; sum them out (drop discrete=) or add the hook")
+        self.reseed = spec.reseed_empty if empty == "reinit" else None
+        self.optimizer, self.optimizer_steps = optimizer, optimizer_steps
+        self.empty_threshold = empty_threshold
+        self.q_trace, self.reinitialised, self.reinit_rejected, self._offered = [], [], [], set()
+
+    # ------------------------------------------------------------------ hooks
+    def start(self, values):
+        self.q_trace, self.reinitialised, self.reinit_rejected, self._offered = [], [], [], set()
+        if self.em.discrete:
+            upd, _ = self.discrete_update(self.em.data, None, values, self.em.num_objects, iteration=0,
+                                          **self.em.options)
+            values = self._merge(values, upd)
+        return values
+
+    def estep(self, values):
+        if self.model_estep is not None:
+            return self.model_estep(self.em.data, values, self.em.num_objects, **self.em.options)
+        return self.em.estep(values)
+
+    def mstep(self, values, est, iteration):
+        em = self.em
+        rest = list(em.latents)
+        if self.closed is not None:
+            extra = {"estep": est} if self.closed_takes_estep else {}
+            upd = self.closed(em.data, est.marginals, values, em.num_objects, **extra, **em.options)
+            values = self._merge(values, upd)
+            rest = [n for n in rest if n not in upd]
+        changed = False
+        if em.discrete:
+            upd, changed = self.discrete_update(em.data, est, values, em.num_objects, iteration=iteration,
+                                                **em.options)
+            values = self._merge(values, upd)
+            rest = [n for n in rest if n not in upd]
+        if rest:
+            if not est.weights:
+                # a model's own E-step has no weights for Q: the engine's E-step at the values so far
+                # (after the closed forms; an extra E-step inside the M-step keeps EM monotone)
+                est = em.estep(values)
+            values = optimizer_mstep(em, values, est, rest, optimizer=self.optimizer, steps=self.optimizer_steps)
+            with torch.no_grad():
+                self.q_trace.append(float(em.q_value(values, est)))
+        return values, bool(changed)
+
+    def after_estep(self, values, est, iteration):
+        if self.reseed is None:
+            return values, est, False
+        moved = False
+        while True:
+            upd, k = self.reseed(self.em.data, est.marginals, values, self.em.num_objects,
+                                 threshold=self.empty_threshold, skip=frozenset(self._offered), **self.em.options)
+            if k is None:
+                return values, est, moved
+            k = int(k)
+            self._offered.add(k)  # each component is offered at most once per run
+            proposal = self._merge(values, upd)
+            try:
+                est_new = self.estep(proposal)
+            except ModelError:
+                est_new = None
+            if est_new is not None and est_new.log_joint >= est.log_joint:
+                values, est, moved = proposal, est_new, True
+                self.reinitialised.append((iteration, k))
+            else:
+                self.reinit_rejected.append((iteration, k))
+
+    # ------------------------------------------------------------------ helpers
+    def _merge(self, values: dict, upd: dict) -> dict:
+        """``values`` with the updates of known unknowns (sites, discrete parameters, model options) applied."""
+        out = dict(values)
+        known = set(self.em.latents) | set(self.em.discrete)
+        out.update({k: v.detach() if torch.is_tensor(v) else v for k, v in upd.items()
+                    if k in known or k in values})
+        return out
+
+    def info(self) -> dict:
+        return {"q_trace": list(self.q_trace), "reinitialised": list(self.reinitialised),
+                "reinit_rejected": list(self.reinit_rejected)}
+
+
+def _check_settings(spec, mstep, num_inits, max_iter, tol, empty):
+    if mstep not in MSTEPS:
+        raise MetagenError(f"unknown mstep {mstep!r}; choose 'auto', 'closed' or 'optimizer'")
+    if mstep == "closed" and spec.closed_form_mstep is None:
+        raise ModelError(f"model {spec.name!r} registers no closed-form M-step; use mstep='optimizer'")
+    for name, v in (("num_inits", num_inits), ("max_iter", max_iter)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise MetagenError(f"{name} must be an integer, at least 1, got {v!r}")
+    if tol is not None and not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+        raise MetagenError(f"tol must be a finite number >= 0 (or None: run max_iter iterations), got {tol!r}")
+    if empty not in ("reinit", "keep"):
+        raise MetagenError(f"unknown empty {empty!r}; choose 'reinit' or 'keep'")
 
 
 def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int = 1,
            mstep: str = "auto", optimizer: str = "lbfgs", optimizer_steps: int = 50,
-           tol: float = 1e-6, max_iter: int = 200, init: Optional[dict] = None,
-           dtype=None, empty: str = "reinit", empty_threshold: float = 1e-8,
+           tol: float = 1e-6, max_iter: int = 200, init: Optional[dict] = None, init_restarts: str = "first",
+           discrete: Sequence[str] = (), dtype=None, empty: str = "reinit", empty_threshold: float = 1e-8,
            progress: bool = False, options: Optional[dict] = None) -> FitResult:
-    """Fit a model by (MAP-)EM.
+    """Fit a model by (MAP-)EM: :func:`run_em` from ``num_inits`` starts, the best kept.
 
-    Maximises ``log p(x | theta) + log p(theta)`` with the discrete sites summed
-    out, by ``theta <- argmax Q(theta | theta_old) + log p(theta)``.
+    Maximises ``log p(x | theta) + log p(theta)`` with the discrete sites summed out
+    (or, for the sites in ``discrete``, maximised over), by
+    ``theta <- argmax Q(theta | theta_old) + log p(theta)``.
 
     Parameters
     ----------
@@ -315,7 +326,13 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
         ``max_iter`` iterations (benchmarks).
     max_iter : int
     init : dict, optional
-        Starting values (overrides the initialisation of the first restart).
+        Starting values (override the initialisation of the first restart, or of every
+        restart with ``init_restarts="all"``).
+    init_restarts : {"first", "all"}
+    discrete : sequence of str
+        Discrete latent sites to treat as parameters instead of summing them out; the
+        model's ``discrete_update`` hook updates them (e.g. ``["c_0", "c_1"]``, the
+        categories of the categorical model: its discrete M-step).
     dtype : None, "float32", "float64" or torch.dtype
         Precision of the fit. ``None`` (default) keeps the data's dtype;
         otherwise every floating tensor of ``data``, ``options`` and ``init`` is
@@ -345,37 +362,47 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
         reports them).
     """
     spec = load_model(model)
-    if mstep not in ("auto", "closed", "optimizer"):
-        raise MetagenError(f"unknown mstep {mstep!r}; choose 'auto', 'closed' or 'optimizer'")
-    if mstep == "closed" and spec.closed_form_mstep is None:
-        raise ModelError(f"model {spec.name!r} registers no closed-form M-step; use mstep='optimizer'")
-    for name, v in (("num_inits", num_inits), ("max_iter", max_iter)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise MetagenError(f"{name} must be an integer, at least 1, got {v!r}")
-    if tol is not None and not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
-        raise MetagenError(f"tol must be a finite number >= 0 (or None: run max_iter iterations), got {tol!r}")
-    if empty not in ("reinit", "keep"):
-        raise MetagenError(f"unknown empty {empty!r}; choose 'reinit' or 'keep'")
+    _check_settings(spec, mstep, num_inits, max_iter, tol, empty)
+    if init_restarts not in ("first", "all"):
+        raise MetagenError(f"unknown init_restarts {init_restarts!r}; choose 'first' or 'all'")
     t0 = time.perf_counter()
-    em, num_objects, dtype = bind(spec, data, num_objects, options, dtype)
-    best = None
-    restart_scores = []
-    pbar = _progress(max_iter * num_inits, f"EM {spec.name}", progress)
-    for r in range(num_inits):
-        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + r)
-        start = initial_values(spec, em, gen, dtype, init if r == 0 else None)
-        run = _single_run(spec, em, start, mstep=mstep, optimizer=optimizer,
-                          optimizer_steps=optimizer_steps, tol=tol, max_iter=max_iter, pbar=pbar,
-                          empty=empty, empty_threshold=empty_threshold)
-        restart_scores.append(run[1].log_joint)
-        if best is None or run[1].log_joint > best[1].log_joint:
-            best = run
-    if pbar is not None:
-        pbar.close()
-    values, est, trace, q_trace, n_iter, converged, events, rejected = best
-    if not converged and tol is not None:
+    em, num_objects, dtype = bind(spec, data, num_objects, options, dtype, discrete=discrete)
+    steps = ModelSteps(spec, em, mstep=mstep, optimizer=optimizer, optimizer_steps=optimizer_steps, empty=empty,
+                       empty_threshold=empty_threshold)
+    best, best_info, restart_scores = None, None, []
+    with progress_bar(max_iter * num_inits, f"EM {spec.name}", progress) as pbar:
+        for r in range(num_inits):
+            gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + r)
+            start = initial_values(spec, em, gen, dtype, init if (r == 0 or init_restarts == "all") else None)
+            run = run_em(steps, start, tol=tol, max_iter=max_iter, progress=pbar)
+            restart_scores.append(run.estep.log_joint)
+            if best is None or run.estep.log_joint > best.estep.log_joint:
+                best, best_info = run, steps.info()
+    _warn_run(best, best_info, max_iter, tol)
+    values, est = best.values, best.estep
+    obs = em.data_site
+    pointwise = em.pointwise_log_likelihood(values, obs) if obs else None
+    return FitResult(
+        model=spec.name, method="em", params=values,
+        log_likelihood=est.log_likelihood, log_joint=est.log_joint,
+        trace=best.trace, trace_label="log joint (EM objective)",
+        n_iter=best.n_iter, converged=best.converged, wall_time_s=time.perf_counter() - t0,
+        posteriors=est.marginals,
+        map_assignments={k: v.argmax(-1) for k, v in est.marginals.items()},
+        pointwise_log_likelihood=None if pointwise is None else pointwise[None, None],
+        observed={k: v for k, v in em.data.items() if torch.is_tensor(v)},
+        info={"restart_log_joint": restart_scores, "q_trace": best_info["q_trace"], "mstep": mstep,
+              "log_prior": est.log_prior, "dtype": str(dtype).replace("torch.", ""),
+              "empty": empty, "reinitialised": best_info["reinitialised"],
+              "reinit_rejected": best_info["reinit_rejected"]},
+    )
+
+
+def _warn_run(run: EMRun, info: dict, max_iter: int, tol) -> None:
+    if not run.converged and tol is not None:
         warnings.warn(f"EM stopped at max_iter={max_iter} before reaching tol={tol}; "
-                      "raise max_iter or loosen tol", RuntimeWarning, stacklevel=2)
+                      "raise max_iter or loosen tol", RuntimeWarning, stacklevel=3)
+    events, rejected = info["reinitialised"], info["reinit_rejected"]
     if events or rejected:
         msg = []
         if events:
@@ -385,19 +412,4 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
             msg.append(f"kept component(s) empty at {rejected}: re-seeding would have lowered the "
                        "log joint (see result.info['reinit_rejected']; the data may support fewer "
                        "objects than num_objects)")
-        warnings.warn("EM " + "; ".join(msg), RuntimeWarning, stacklevel=2)
-    obs = em.data_site
-    pointwise = em.pointwise_log_likelihood(values, obs) if obs else None
-    return FitResult(
-        model=spec.name, method="em", params=values,
-        log_likelihood=est.log_likelihood, log_joint=est.log_joint,
-        trace=trace, trace_label="log joint (EM objective)",
-        n_iter=n_iter, converged=converged, wall_time_s=time.perf_counter() - t0,
-        posteriors=est.marginals,
-        map_assignments={k: v.argmax(-1) for k, v in est.marginals.items()},
-        pointwise_log_likelihood=None if pointwise is None else pointwise[None, None],
-        observed={k: v for k, v in em.data.items() if torch.is_tensor(v)},
-        info={"restart_log_joint": restart_scores, "q_trace": q_trace, "mstep": mstep,
-              "log_prior": est.log_prior, "dtype": str(dtype).replace("torch.", ""),
-              "empty": empty, "reinitialised": events, "reinit_rejected": rejected},
-    )
+        warnings.warn("EM " + "; ".join(msg), RuntimeWarning, stacklevel=3)

@@ -17,14 +17,23 @@ Those marginals are the weights of the expected complete log likelihood
     Q(theta' | theta) = sum_f sum_{z_f} p(z_f | x, theta) log f(x, z_f, theta')
 
 which the M-step maximises. Nothing here knows any particular model.
+
+Discrete parameters. A discrete site named in ``discrete`` is not summed out:
+EM treats it as a parameter (its value is conditioned in, like a continuous
+unknown's) and a model hook updates it (classification EM for that site; see
+:mod:`metagen_ppl.engine.em`). Model options as values. An entry of ``values``
+that is neither a site nor a discrete parameter but a keyword argument of the
+model (a camera's field of view, say) is passed to the model as that argument,
+so a model hook may update model options during EM.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
 
 import pyro
 import torch
@@ -44,7 +53,7 @@ class LatentSite:
     """A continuous unknown: a latent ``pyro.sample`` site (MAP) or a ``pyro.param``."""
 
     name: str
-    kind: str  # "sample" or "param"
+    kind: str  # "sample", "param" or "discrete" (a discrete site EM treats as a parameter)
     constraint: constraints.Constraint
     shape: torch.Size
 
@@ -67,7 +76,10 @@ class EStep:
         (e.g. ``(N, K)`` responsibilities of an assignment site).
     weights : dict
         Posterior marginal of each log factor, in Pyro's packed layout; the
-        weights of Q.
+        weights of Q (empty when a model's own E-step made this E-step).
+    details : dict
+        Anything else a model's own E-step hands to its M-step hooks (e.g. the
+        log likelihood of each scene); empty for the engine's E-step.
     """
 
     log_joint: float
@@ -75,6 +87,7 @@ class EStep:
     log_prior: float
     marginals: dict
     weights: dict
+    details: dict = field(default_factory=dict)
 
 
 def _compute_log_prob(tr):
@@ -85,6 +98,18 @@ def _compute_log_prob(tr):
             log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
             site["unscaled_log_prob"] = log_p
             site["log_prob"] = scale_and_mask(log_p, site["scale"], site["mask"])
+
+
+def _keyword_arguments(fn) -> Optional[frozenset]:
+    """Names ``fn`` takes as keyword arguments; ``None`` if it takes ``**kwargs`` (any name)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params
+                     if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
 
 
 def _ordinal(trace, site):
@@ -104,19 +129,36 @@ class EnumeratedModel:
         Number of objects (mixture components) ``K``.
     options : dict, optional
         Extra keyword arguments of the model.
+    discrete : sequence of str
+        Discrete latent sites that EM treats as parameters (conditioned on the
+        values given to :meth:`estep`, not enumerated).
     """
 
-    def __init__(self, model: Callable, data: dict, num_objects: int, options: Optional[dict] = None):
+    def __init__(self, model: Callable, data: dict, num_objects: int, options: Optional[dict] = None,
+                 discrete: Sequence[str] = ()):
         self.raw_model = model
         self.model = config_enumerate(model, default="parallel")
         self.data = data
         self.num_objects = num_objects
         self.options = dict(options or {})
+        self._discrete_names = tuple(discrete)
+        self._keywords = _keyword_arguments(model)
         self._discover()
 
     # ------------------------------------------------------------------ structure
-    def _call_args(self):
-        return (self.data, self.num_objects), self.options
+    def _call_args(self, values: Optional[dict] = None):
+        kwargs = self.options
+        if values:
+            extra = {k: v for k, v in values.items()
+                     if k not in self.latents and k not in self.discrete
+                     and (self._keywords is None or k in self._keywords)}
+            if extra:
+                kwargs = dict(kwargs, **extra)
+        return (self.data, self.num_objects), kwargs
+
+    def option_values(self, values: dict) -> dict:
+        """The entries of ``values`` that are model options (passed to the model as keyword arguments)."""
+        return self._call_args(values)[1] if values else {}
 
     def _discover(self):
         args, kwargs = self._call_args()
@@ -128,6 +170,8 @@ class EnumeratedModel:
         except Exception as e:
             raise ModelError(f"the model failed to run on this data: {type(e).__name__}: {e}") from e
         self.latents: "OrderedDict[str, LatentSite]" = OrderedDict()
+        #: discrete sites treated as parameters (conditioned in, updated by a model hook)
+        self.discrete: "OrderedDict[str, LatentSite]" = OrderedDict()
         self.enum_sites: list[str] = []
         self.observed_sites: list[str] = []
         #: the first observed site inside a plate: the one whose pointwise log likelihood is reported
@@ -149,6 +193,12 @@ class EnumeratedModel:
                     self.data_site = name
                 continue
             fn = site["fn"]
+            if name in self._discrete_names:
+                if not fn.support.is_discrete:
+                    raise ModelError(f"site {name!r} is continuous; only discrete sites can be discrete "
+                                     "parameters of EM")
+                self.discrete[name] = LatentSite(name, "discrete", fn.support, site["value"].shape)
+                continue
             if fn.support.is_discrete:
                 if not fn.has_enumerate_support:
                     raise ModelError(
@@ -163,6 +213,9 @@ class EnumeratedModel:
             else:
                 self.latents[name] = LatentSite(name, "sample", fn.support, site["value"].shape)
                 self.prior_values[name] = site["value"].detach()
+        missing = [n for n in self._discrete_names if n not in self.discrete]
+        if missing:
+            raise ModelError(f"discrete parameters {missing} are not latent sites of the model")
         if not self.enum_sites:
             raise ModelError(
                 "the model has no enumerable discrete latent site, so EM has nothing to put in "
@@ -178,9 +231,11 @@ class EnumeratedModel:
         model = self.model
         if self.param_latents:
             model = poutine.substitute(model, data={n: values[n] for n in self.param_latents})
-        model = poutine.condition(model, data={n: values[n] for n in self.sample_latents})
+        conditioned = {n: values[n] for n in self.sample_latents}
+        conditioned.update({n: values[n] for n in self.discrete})
+        model = poutine.condition(model, data=conditioned)
         model = poutine.enum(model, first_available_dim=-1 - self.max_plate_nesting)
-        args, kwargs = self._call_args()
+        args, kwargs = self._call_args(values)
         try:
             # arguments and data were validated by the discovery trace; skip re-checking
             # supports on every E-step and Q evaluation

@@ -18,7 +18,7 @@ from pyro.infer import MCMC, NUTS, config_enumerate
 from pyro.infer.autoguide import init_to_value
 
 from metagen_ppl.engine.align import align_samples
-from metagen_ppl.engine.em import bind, initial_values
+from metagen_ppl.engine.setup import bind, initial_values
 from metagen_ppl.errors import MetagenError, ModelError
 from metagen_ppl.engine.registry import load_model
 from metagen_ppl.engine.result import FitResult

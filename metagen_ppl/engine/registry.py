@@ -69,6 +69,9 @@ class ModelSpec:
     simulate: Optional[Callable] = None
     initialize: Optional[Callable] = None
     closed_form_mstep: Optional[Callable] = None
+    estep: Optional[Callable] = None
+    discrete_update: Optional[Callable] = None
+    reseed_empty: Optional[Callable] = None
     data_from_json: Optional[Callable] = None
     component_sites: dict = field(default_factory=dict)
     location_site: str = "locs"
@@ -102,6 +105,9 @@ def _spec_from_module(name: str, module: ModuleType) -> ModelSpec:
         simulate=getattr(module, "simulate", None),
         initialize=getattr(module, "initialize", None),
         closed_form_mstep=getattr(module, "closed_form_mstep", None),
+        estep=getattr(module, "estep", None),
+        discrete_update=getattr(module, "discrete_update", None),
+        reseed_empty=getattr(module, "reseed_empty", None),
         data_from_json=getattr(module, "data_from_json", None),
         component_sites=dict(getattr(module, "COMPONENT_SITES", {})),
         location_site=getattr(module, "LOCATION_SITE", "locs"),

@@ -1,4 +1,4 @@
-"""One result type for EM, SVI and MCMC, with JSON and arviz conversions."""
+"""One result type for EM, SVI and MCMC (and structure searches), with JSON and arviz conversions."""
 
 from __future__ import annotations
 
@@ -176,3 +176,36 @@ class FitResult:
             method=self.method, model=self.model, log_likelihood_at_estimate=float(self.log_likelihood),
             n_iter=int(self.n_iter), converged=int(self.converged), wall_time_s=float(self.wall_time_s))
         return idata
+
+
+@dataclass
+class StructureFitResult(FitResult):
+    """A :class:`FitResult` whose structure (the objects of each scene) was searched
+    (:func:`metagen_ppl.engine.structure.search_structure`).
+
+    Extra attributes
+    ----------------
+    scenes : list of dict
+        Per scene what the model reports, e.g. ``{"path", "objects": [{"category_name", "position"}]}``.
+    history : list of dict
+        One entry per continuous-phase iteration or structure step: ``iteration``, ``round``,
+        ``phase`` (``"init"``, ``"em"``, ``"svi"``, ``"birth"``, ``"death"``), ``log_likelihood``,
+        ``log_joint``, ``score``, ``num_objects`` and what the model adds. ``trace`` holds the
+        log joint of every entry.
+    n_rounds : int
+        Structure-search rounds run.
+    score : float
+        The penalised objective of the search (log likelihood plus the structure's prior and
+        Occam factors), summed over scenes.
+    """
+
+    scenes: list = field(default_factory=list)
+    history: list = field(default_factory=list)
+    n_rounds: int = 0
+    score: float = float("nan")
+
+    def to_dict(self, include_posteriors: bool = False) -> dict:
+        out = super().to_dict(include_posteriors)
+        out.update(scenes=_jsonable(self.scenes), history=_jsonable(self.history), n_rounds=int(self.n_rounds),
+                   score=_jsonable(float(self.score)))
+        return out

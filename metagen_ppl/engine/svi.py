@@ -19,7 +19,7 @@ from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
 from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_value
 from pyro.optim import ClippedAdam
 
-from metagen_ppl.engine.em import bind, initial_values
+from metagen_ppl.engine.setup import bind, initial_values
 from metagen_ppl.errors import MetagenError
 from metagen_ppl.engine.registry import load_model
 from metagen_ppl.engine.result import FitResult

@@ -443,6 +443,39 @@ def closed_form_mstep(data, marginals, params, num_objects, *, categories=None,
     return out
 
 
+def discrete_update(data, estep, params, num_objects, *, iteration, confusion=None, category_prior=None,
+                    confusion_concentration=None, confusion_diag_concentration=None, **options):
+    """EM's discrete M-step of M2, when the categories ``c_k`` are discrete parameters.
+
+    (``fit_em(..., discrete=["c_0", ..., "c_{K-1}"])``, the ``mstep`` strategy.) Q splits over
+    objects, so ``c_k = argmax_c sum_n g_nk log A[c, o_n] + log rho_c`` is exact; a learned
+    ``A`` then gets its expected-count update at the new categories,
+    ``A_c ∝ sum_n sum_k g_nk [c_k = c] [o_n = .] + beta_c - 1``.
+
+    At the start of a run (``estep=None``) the categories come from the same argmax with the
+    responsibilities of the Gaussian part alone, at the starting locations.
+
+    Returns ``({"c_k": ..., "confusion": A}, changed)``; ``changed``: a category moved.
+    """
+    K = int(num_objects)
+    fixed = dict(options, confusion=confusion)
+    A = params["confusion"] if confusion is None else torch.as_tensor(confusion, dtype=data["x"].dtype)
+    if estep is None:
+        full = dict(params, confusion=A)
+        resp = torch.softmax(_gaussian_log_terms(data, full, fixed), -1)
+    else:
+        resp = estep.marginals["z"]
+    cats = category_mstep(data, resp, A, category_prior)
+    out = {category_site(k): cats[k] for k in range(K)}
+    if estep is not None and confusion is None:
+        counts = confusion_counts(data, resp, cats, A.shape[0])
+        out["confusion"] = confusion_from_counts(counts, params["confusion"], confusion_concentration,
+                                                 confusion_diag_concentration)
+    old = [params.get(category_site(k)) for k in range(K)]
+    changed = any(c is None or int(c) != int(cats[k]) for k, c in enumerate(old))
+    return out, changed
+
+
 # ---------------------------------------------------------------------------- init / simulate / IO
 def initialize(data, num_objects, generator, *, weights=None, scale=None, confusion=None,
                num_categories=None, category_prior=None, confusion_concentration=None,

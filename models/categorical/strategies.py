@@ -69,8 +69,7 @@ from typing import Optional
 import torch
 from pyro import poutine
 
-from metagen_ppl.engine.em import fit_em, initial_values, optimizer_mstep
-from metagen_ppl.engine.enumeration import EnumeratedModel
+from metagen_ppl.engine.em import fit_em
 from metagen_ppl.engine.mcmc import fit_mcmc
 from metagen_ppl.engine.registry import load_model, ModelSpec
 from metagen_ppl.engine.result import FitResult
@@ -433,94 +432,21 @@ def _fit_sample(spec, data, K, options, init_conf, *, S, proposal, rank_by, seed
 
 
 # ---------------------------------------------------------------------------- mstep
-class _Conditioner:
-    """A model wrapper whose category sites are conditioned on a mutable vector."""
-
-    def __init__(self, model, cats):
-        self.model = model
-        self.cats = cats
-
-    def __call__(self, *args, **kwargs):
-        cm = cm_model
-        values = {cm.category_site(k): self.cats[k] for k in range(self.cats.shape[0])}
-        return poutine.condition(self.model, data=values)(*args, **kwargs)
-
-
 def _fit_mstep(spec, data, K, options, init_conf, *, seed, num_inits, tol, max_iter, progress):
-    cm = cm_model
+    """The categories as discrete parameters of the engine's EM: the model's ``discrete_update`` hook
+    (closed-form argmax of Q over each ``c_k``, then A's expected-count update) runs in the one EM loop."""
     dtype = _dtype(data)
     C = options["num_categories"]
+    sites = [cm_model.category_site(k) for k in range(K)]
     learn_a = "confusion" not in options
-    cond = _Conditioner(spec.model, torch.zeros(K, dtype=torch.long))
-    em = EnumeratedModel(cond, data, K, options)
-    kw_a = dict(confusion_concentration=options.get("confusion_concentration"),
-                confusion_diag_concentration=options.get("confusion_diag_concentration"))
-    best, restart_scores = None, []
-    pbar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        pbar = tqdm(total=max_iter * num_inits, desc="EM categories (mstep)", leave=False)
-    for r in range(num_inits):
-        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + r)
-        values = initial_values(spec, em, gen, dtype)
-        if init_conf is not None and learn_a:
-            values["confusion"] = init_conf
-        full = _full_params(values, options, dtype)
-        # Initial categories: the c-update with responsibilities from the Gaussian part alone.
-        g0 = torch.softmax(cm._gaussian_log_terms(data, full, options), -1)
-        cats = cm.category_mstep(data, g0, full["confusion"], options.get("category_prior"))
-        cond.cats = cats
-        est = em.estep(values)
-        trace, converged, n_iter = [est.log_joint], False, 0
-        for it in range(1, max_iter + 1):
-            # M-step: maximise Q(theta, c | g) by blocks, each exact.
-            upd = cm.closed_form_mstep(data, est.marginals, values, K, categories=None,
-                                       **{k: v for k, v in options.items() if k != "confusion"},
-                                       **({} if learn_a else {"confusion": options["confusion"]}))
-            new = dict(values)
-            new.update({k: v for k, v in upd.items() if k in em.latents and k != "confusion"})
-            A = full["confusion"] if not learn_a else values["confusion"]
-            new_cats = cm.category_mstep(data, est.marginals["z"], A, options.get("category_prior"))
-            if learn_a:  # A's expected-count update at the new categories
-                counts = cm.confusion_counts(data, est.marginals["z"], new_cats, C)
-                new["confusion"] = cm.confusion_from_counts(counts, values["confusion"], **kw_a)
-            rest = [n for n in em.latents if n not in upd and n != "confusion"]
-            if rest:  # sites a variant adds that have no closed form: the engine's optimiser
-                cond.cats = cats
-                new = optimizer_mstep(em, new, est, rest)
-            changed = not torch.equal(new_cats, cats)
-            values, cats = new, new_cats
-            cond.cats = cats
-            prev = est.log_joint
-            est = em.estep(values)
-            trace.append(est.log_joint)
-            n_iter = it
-            if pbar is not None:
-                pbar.update(1)
-            if not changed and abs(est.log_joint - prev) <= tol * max(abs(est.log_joint), 1.0):
-                converged = True
-                break
-        restart_scores.append(est.log_joint)
-        if best is None or est.log_joint > best[1].log_joint:
-            best = (values, est, cats, trace, n_iter, converged)
-    if pbar is not None:
-        pbar.close()
-    values, est, cats, trace, n_iter, converged = best
-    if not converged:
-        warnings.warn(f"EM (mstep categories) stopped at max_iter={max_iter} before reaching tol={tol}",
-                      RuntimeWarning, stacklevel=3)
-    cond.cats = cats
-    full = _full_params(values, options, dtype)
-    ll = est.log_likelihood - _log_prior_cats(cats, C, options, dtype)
-    res = FitResult(
-        model=spec.name, method="em", params=values, log_likelihood=ll, log_joint=est.log_joint,
-        trace=trace, trace_label="log joint log p(x, o, c | theta) + log p(theta) (EM objective)",
-        n_iter=n_iter, converged=converged, wall_time_s=0.0,
-        posteriors={"z": est.marginals["z"]}, map_assignments={"z": est.marginals["z"].argmax(-1)},
-        pointwise_log_likelihood=_pointwise_fixed(data, full, cats, options)[None, None],
-        observed={k: v for k, v in data.items() if torch.is_tensor(v)},
-        info={"restart_log_joint": restart_scores, "log_prior": est.log_prior})
+    init = {"confusion": init_conf} if (init_conf is not None and learn_a) else None
+    res = fit_em(spec, data, K, seed=seed, num_inits=num_inits, tol=tol, max_iter=max_iter, init=init,
+                 init_restarts="all", discrete=sites, progress=progress, options=options)
+    cats = torch.stack([res.params.pop(s).long() for s in sites])
+    full = _full_params(res.params, options, dtype)
+    res.log_likelihood = res.log_likelihood - _log_prior_cats(cats, C, options, dtype)
+    res.trace_label = "log joint log p(x, o, c | theta) + log p(theta) (EM objective)"
+    res.pointwise_log_likelihood = _pointwise_fixed(data, full, cats, options)[None, None]
     return _finish(res, spec, data, K, options, cats, "mstep")
 
 

@@ -12,7 +12,15 @@ from metagen_ppl.domain.scenes import parse_scenes
 from metagen_ppl.engine.comparison import ComparisonSetup
 from metagen_ppl.errors import DataError
 from metagen_ppl.models.detector.fit import fit_metacognition
-from metagen_ppl.models.detector.generative import compact_structure
+from metagen_ppl.models.detector.structure import compact_structure
+
+
+#: ``metagen-ppl compare`` simulates ``simulate(3 scenes, 10 frames, seed)`` by default.
+COMPARE_SIMULATION = {"args": (3, 10)}
+
+
+#: NUTS on 3 scenes: every scene's locations and V at once; shorter chains than the point models.
+COMPARE_BUDGET = {"mcmc_samples": 100, "mcmc_warmup": 100, "mcmc_max_tree_depth": 6, "svi_steps": 400}
 
 
 def prepare_comparison(obj, *, seed=0, dtype=torch.float64, num_objects=None, options=None, progress=False,

@@ -53,7 +53,7 @@ existence-and-category state per slot couples every slot of a scene through
 each detection's assignment, ``(C + 1)^K`` joint states per scene, far too many.
 The model therefore takes the *structure* as options: ``cats`` (S, K) the slot
 categories and ``active`` (S, K) which slots hold an object; the search over
-structures lives in :mod:`metagen_ppl.models.detector.fit` and scores a structure by
+structures (:mod:`.structure`, run by the engine's driver) scores a structure by
 the penalised log marginal likelihood of :func:`structure_log_score`:
 
     log p(x | mu*, c, V) + log Geom(K_s; p) + K_s log(1/C)
@@ -71,16 +71,16 @@ object can only explain detections of its own category, so the category
 M-step ``argmax_c Q`` is degenerate (every other category makes the object's
 assigned detections impossible); categories are instead chosen by the
 penalised marginal likelihood when objects are proposed (one candidate per
-category) -- see :mod:`metagen_ppl.models.detector.fit`.
+category) -- see :mod:`metagen_ppl.models.detector.structure`.
 
-Hooks
------
-:func:`closed_form_mstep` (MAP M-steps for locations, scale, ``r``, ``h`` from
-expected counts pooled over scenes), :func:`initialize`,
-:func:`scene_log_likelihood` (a direct, batched E-step used for per-scene
-scores; it equals the engine's E-step), :func:`structure_log_score`,
-:func:`simulate` (writes the multi-scene JSON format of
-:mod:`metagen_ppl.domain.scenes`) and :func:`data_from_json`.
+Where things are (the package :mod:`metagen_ppl.models.detector`)
+-----------------------------------------------------------------
+:mod:`.generative` this model and its priors; :mod:`.estep` the batched E-step
+(hook ``estep``, equal to the engine's enumeration); :mod:`.mstep` the closed-form
+M-step (hook ``closed_form_mstep``); :mod:`.structure` the structure moves and
+scores for the engine's search; :mod:`.fit` :func:`fit_metacognition`;
+:mod:`.simulate` the simulator and the JSON reader; :mod:`.comparison` the
+``metagen-ppl compare`` set-up.
 
 Data dict (built by :meth:`metagen_ppl.domain.scenes.SceneSet.data`)
 -------------------------------------------------------------
@@ -93,7 +93,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -101,21 +100,26 @@ from pyro import poutine
 from pyro.distributions import TorchDistribution, constraints
 from pyro.ops.indexing import Vindex
 
-from metagen_ppl.domain.metagen_data import CATEGORIES, COCO_TO_CATEGORY
-from metagen_ppl.domain.scenes import parse_scenes
+from metagen_ppl.domain.metagen_data import CATEGORIES
 from metagen_ppl.errors import DataError, ModelError
 from metagen_ppl.models.baseline import scale_prior
+
 
 #: Slots are anchored by their fixed category and location; there is no
 #: label switching to undo, and no ``(K, D)`` location site (locations are ``(S, K, 3)``).
 COMPONENT_SITES: dict = {}
+
+
 LOCATION_SITE = None
+
 
 #: Log weight of an impossible assignment (see the module docstring).
 IMPOSSIBLE = -1.0e4
 
+
 #: Default scene box (metres): the real data's rooms are 10 m x 10 m; y is up.
 DEFAULT_BOX = ((-5.0, 0.0, -5.0), (5.0, 2.0, 5.0))
+
 
 #: Default hyperparameters (shared by every hook).
 DEFAULTS = dict(
@@ -124,13 +128,6 @@ DEFAULTS = dict(
     scale_prior_shape=2.0, scale_prior_rate=0.1,        # sigma^2 ~ InvGamma(2, 0.1): mean 0.1
     count_prior_p=0.9,                                  # P(K) = p (1 - p)^K (Gen's geometric)
 )
-
-_COCO_OF = {v: k for k, v in COCO_TO_CATEGORY.items()}
-
-
-def coco_id(category: int) -> int:
-    """COCO id of category index ``category`` (0..4)."""
-    return _COCO_OF[int(category)]
 
 
 # --------------------------------------------------------------------------- options
@@ -350,105 +347,6 @@ def model(data, num_objects, *, cats=None, active=None, rates=None, hallucinatio
                             obs=data["positions"])
 
 
-# --------------------------------------------------------------------------- direct E-step
-def _values(params, options, dtype):
-    """Full ``(rates, hallucination, scale, locs)`` from fitted sites and fixed options."""
-    def get(name):
-        if options.get(name) is not None:
-            return torch.as_tensor(options[name], dtype=dtype)
-        return params[name].to(dtype)
-    return get("rates"), get("hallucination"), get("scale").reshape(()), params["locs"].to(dtype)
-
-
-def component_log_density(data, locs, scale):
-    """``log p_j(x_n)``, ``(S, T, D, K + 1)``: ``-log vol`` for ``j = 0``, Gaussian for the slots."""
-    _, _, log_vol = _box(data)
-    x = data["positions"]
-    # |x - m|^2 = |x|^2 - 2 x.m + |m|^2, without a (S, T, D, K, 3) temporary
-    d2 = ((x * x).sum(-1).unsqueeze(-1) - 2 * torch.einsum("stdx,skx->stdk", x, locs)
-          + (locs * locs).sum(-1)[:, None, None, :]).clamp_min(0.0)
-    normal = -0.5 * d2 / scale ** 2 - 3 * torch.log(scale) - 1.5 * math.log(2 * math.pi)
-    clutter = torch.full(normal.shape[:-1] + (1,), -log_vol, dtype=x.dtype)
-    return torch.cat([clutter, normal], -1)
-
-
-def joint_log_terms(data, params, cats, active, *, num_categories=len(CATEGORIES), **options):
-    """``log w_j + log p_j(x_n)`` per detection and component, ``(S, T, D, K + 1)``, and ``Lambda_s`` (S,).
-
-    ``lambda(x_n, o_n) = sum_j exp(joint[..., j])`` for real detections.
-    """
-    pos = data["positions"]
-    rates, hall, scale, locs = _values(params, options, pos.dtype)
-    cats = torch.as_tensor(cats, dtype=torch.long)
-    active = torch.as_tensor(active, dtype=torch.bool)
-    joint = assignment_logits(data, rates, hall, cats, active) + component_log_density(data, locs, scale)
-    lam = category_intensity(rates, hall, cats, active, num_categories).sum(-1)
-    return joint, lam
-
-
-def frame_terms(data, lam):
-    """``sum_t (-Lambda_s - log n_st!)`` over the real frames of each scene, ``(S,)``."""
-    dtype = data["positions"].dtype
-    n = data["num_detections"].to(dtype)
-    per_frame = -lam.unsqueeze(-1) - torch.lgamma(n + 1)
-    return torch.where(data["frame_mask"], per_frame, torch.zeros((), dtype=dtype)).sum(-1)
-
-
-def scene_log_likelihood(data, params, cats, active, *, num_categories=len(CATEGORIES), **options):
-    """Direct batched E-step: per-scene ``log p(x_s | theta, structure)`` and responsibilities.
-
-    Equals the engine's (:class:`metagen_ppl.engine.enumeration.EnumeratedModel`)
-    log likelihood summed over scenes, including the ``-log n!`` terms.
-
-    Returns
-    -------
-    loglik : (S,) tensor
-    resp : (S, T, D, K + 1) posterior of ``z`` (zero rows for padded detections)
-    """
-    joint, lam = joint_log_terms(data, params, cats, active, num_categories=num_categories, **options)
-    mask = data["det_mask"]
-    zero = torch.zeros((), dtype=joint.dtype)
-    lse = joint.logsumexp(-1)
-    resp = torch.where(mask.unsqueeze(-1), (joint - lse.unsqueeze(-1)).exp(), zero)
-    loglik = torch.where(mask, lse, zero).sum((-1, -2)) + frame_terms(data, lam)
-    return loglik, resp
-
-
-def structure_penalty(n_k, active, scale, log_volume, *, num_categories=len(CATEGORIES), count_prior_p=None):
-    """Structure prior plus Occam factors of a structure, per scene (``(..., S)``).
-
-    ``log Geom(K_s; p) + sum_{active k} [-log C - log vol + min(0, 3/2 log(2 pi sigma^2 / n_k) + log vol)]``
-    with ``n_k`` (``(..., S, K)``) the expected detections of each object.
-    """
-    p = float(count_prior_p if count_prior_p is not None else DEFAULTS["count_prior_p"])
-    k_s = active.sum(-1).to(n_k.dtype)
-    log_count = math.log(p) + k_s * math.log1p(-p)
-    occam = (1.5 * torch.log(2 * math.pi * scale ** 2 / n_k.clamp_min(1e-12)) + log_volume).clamp(max=0.0)
-    per_obj = -math.log(num_categories) - log_volume + occam
-    return log_count + torch.where(active, per_obj, torch.zeros((), dtype=n_k.dtype)).sum(-1)
-
-
-def structure_log_score(data, params, cats, active, loglik, resp, *, num_categories=len(CATEGORIES),
-                        count_prior_p=None, **options):
-    """Per-scene penalised log marginal likelihood of a structure (see the module docstring).
-
-    Parameters
-    ----------
-    loglik, resp : from :func:`scene_log_likelihood` at ``params``.
-
-    Returns
-    -------
-    (S,) tensor: ``loglik + log Geom(K_s) + K_s log(1/C) + sum_k [log(1/vol) + Occam_k]``.
-    """
-    pos = data["positions"]
-    _, _, scale, _ = _values(params, options, pos.dtype)
-    active = torch.as_tensor(active, dtype=torch.bool)
-    _, _, log_vol = _box(data)
-    n_k = resp[..., 1:].sum((1, 2))
-    return loglik + structure_penalty(n_k, active, scale, log_vol, num_categories=num_categories,
-                                      count_prior_p=count_prior_p)
-
-
 def log_prior(data, params, *, active=None, rates=None, hallucination=None, scale=None, **options):
     """``log p(theta)`` of the learned sites (as the engine counts it): Gamma priors of ``r``, ``h``,
     the scale prior, and ``-log vol`` per active slot (locations inside the box)."""
@@ -473,61 +371,7 @@ def log_prior(data, params, *, active=None, rates=None, hallucination=None, scal
     return total - log_vol * n_active
 
 
-# --------------------------------------------------------------------------- M-step
-def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active=None, rates=None,
-                      hallucination=None, scale=None, num_categories=len(CATEGORIES), **options):
-    """MAP M-step of M3 in closed form, V pooled over all scenes (one ECM sweep).
-
-    With ``g`` the posterior of ``z`` (``(S, T, D, K + 1)``), ``F_s`` the frames of scene ``s``:
-
-    * ``mu_sk = sum_{t,d} g_k x / sum g_k`` (uniform prior: the weighted mean,
-      kept inside the box; unchanged when ``sum g_k = 0``);
-    * ``sigma^2 = (sum g_k |x - mu_k|^2 + 2 b_s) / (3 sum g_k + 2 a_s + 1)``;
-    * ``r_c = (sum_{objects of c} g + a_r - 1) / (sum_{active slots of c} F_s + b_r)``;
-    * ``h_c = (sum_{detections of c} g_0 + a_h - 1) / (sum_s F_s + b_h)``.
-    """
-    pos = data["positions"]
-    dtype = pos.dtype
-    S, T, D = pos.shape[:3]
-    K = int(num_objects)
-    C = int(num_categories)
-    cats, active = _structure(data, K, cats, active)
-    g = marginals["z"].reshape(S, T, D, K + 1).to(dtype)
-    g = g * data["det_mask"].unsqueeze(-1).to(dtype)
-    lo, hi, _ = _box(data)
-    out = {}
-    nk = g[..., 1:].sum((1, 2))                                           # (S, K)
-    sx = torch.einsum("stdk,stdx->skx", g[..., 1:], pos)                  # (S, K, 3)
-    old = params["locs"].to(dtype)
-    width = hi - lo
-    locs = torch.where((nk > 1e-12).unsqueeze(-1), sx / nk.clamp_min(1e-12).unsqueeze(-1), old)
-    locs = torch.maximum(torch.minimum(locs, hi - 1e-9 * width), lo + 1e-9 * width)
-    out["locs"] = locs
-    opts = dict(options)
-    if scale is None:
-        gx2 = (g[..., 1:].sum(-1) * (pos * pos).sum(-1)).sum()
-        ss = (gx2 - 2 * (locs * sx).sum() + (nk * (locs * locs).sum(-1)).sum()).clamp_min(0.0)
-        a = float(_opt(opts, "scale_prior_shape"))
-        b = float(_opt(opts, "scale_prior_rate"))
-        out["scale"] = ((ss + 2 * b) / (3 * nk.sum() + 2 * a + 1)).sqrt()
-    frames = data["frame_mask"].sum(-1).to(dtype)                        # (S,)
-    if rates is None:
-        n_obj = torch.zeros(C, dtype=dtype).index_add_(0, cats.reshape(-1), nk.reshape(-1))
-        exposure = torch.zeros(C, dtype=dtype).index_add_(
-            0, cats.reshape(-1), (active.to(dtype) * frames.unsqueeze(-1)).reshape(-1))
-        a = float(_opt(opts, "rate_prior_shape"))
-        b = float(_opt(opts, "rate_prior_rate"))
-        out["rates"] = ((n_obj + a - 1) / (exposure + b)).clamp_min(1e-12)
-    if hallucination is None:
-        g0 = g[..., 0].reshape(-1)
-        o = data["categories"].reshape(-1)
-        n_h = torch.zeros(C, dtype=dtype).index_add_(0, o, g0)
-        a = float(_opt(opts, "hall_prior_shape"))
-        b = float(_opt(opts, "hall_prior_rate"))
-        out["hallucination"] = ((n_h + a - 1) / (frames.sum() + b)).clamp_min(1e-12)
-    return out
-
-
+# --------------------------------------------------------------------------- starting values
 def random_detection_per_slot(data, cats, active, generator) -> dict:
     """For every active slot ``(s, k)``: the index ``(t, d)`` of one detection of the slot's category
     in scene ``s``, drawn uniformly with ``generator`` (slots without such a detection are left out).
@@ -568,128 +412,3 @@ def initialize(data, num_objects, generator, *, cats=None, active=None, rates=No
     if hallucination is None:
         out["hallucination"] = V["hallucination"]
     return out
-
-
-# --------------------------------------------------------------------------- simulation
-def simulate(num_scenes, num_frames, seed, *, rates=None, hallucination=None, scale=0.3,
-             min_objects=1, max_objects=3, box=DEFAULT_BOX, rate_range=(0.3, 0.95),
-             hall_range=(0.05, 0.8), emission="poisson", num_categories=len(CATEGORIES), **_):
-    """Draw scenes, frames, detections and truth, in the multi-scene JSON format.
-
-    Parameters
-    ----------
-    num_scenes, num_frames : int
-    seed : int
-    rates, hallucination : (C,) sequences, optional
-        The detector's ``V``; default: drawn uniformly from ``rate_range`` and
-        ``hall_range`` per category (with ``seed``).
-    scale : float
-        Location noise ``sigma`` of real detections (metres).
-    min_objects, max_objects : int
-        Objects per scene, uniform in this range; categories uniform, locations
-        uniform in ``box`` (y drawn in the lower fifth of the box, as objects on a floor).
-    emission : {"poisson", "bernoulli"}
-        ``"poisson"``: each object yields ``Poisson(r_c)`` detections per frame
-        (the model itself); ``"bernoulli"``: at most one, with probability
-        ``min(r_c, 1)`` (MetaGen's detector; the model is then slightly misspecified).
-
-    Returns
-    -------
-    list of scene dicts (see :mod:`metagen_ppl.domain.scenes`): ``{"path", "views":
-    [{"detections": {"labels", "scores", "position"}}], "labels": [{"category_name",
-    "position"}], "detector_truth": {"detection_rate": {...}, "hallucination_rate": {...},
-    "scale": sigma}, "box": [[lower], [upper]]}``.
-    """
-    if emission not in ("poisson", "bernoulli"):
-        raise DataError(f"emission must be 'poisson' or 'bernoulli', got {emission!r}")
-    for name, val in (("num_scenes", num_scenes), ("num_frames", num_frames), ("min_objects", min_objects),
-                      ("max_objects", max_objects), ("num_categories", num_categories)):
-        if isinstance(val, bool) or not isinstance(val, (int, np.integer)):
-            raise DataError(f"{name} must be an integer, got {val!r}")
-    if num_scenes < 1 or num_frames < 1:
-        raise DataError("num_scenes and num_frames must be at least 1")
-    if not 0 <= min_objects <= max_objects:
-        raise DataError(f"need 0 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
-    if not 1 <= num_categories <= len(CATEGORIES):
-        raise DataError(f"num_categories must be in 1..{len(CATEGORIES)} (the named categories), "
-                        f"got {num_categories}")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise DataError(f"scale (the location noise sigma) must be a finite number > 0, got {scale!r}")
-    try:
-        b = np.asarray(box, dtype=float)
-    except (TypeError, ValueError):
-        b = np.zeros(0)
-    if b.shape != (2, 3) or not np.isfinite(b).all() or not (b[1] > b[0]).all():
-        raise DataError(f"box must be ((x0, y0, z0), (x1, y1, z1)) with upper > lower, got {box!r}")
-    C = int(num_categories)
-    rng = np.random.default_rng(seed)
-    r = np.asarray(rates, float) if rates is not None else rng.uniform(*rate_range, size=C)
-    h = np.asarray(hallucination, float) if hallucination is not None else rng.uniform(*hall_range, size=C)
-    check_V({"rates": r, "hallucination": h}, C)
-    lo, hi = np.asarray(box[0], float), np.asarray(box[1], float)
-    truth_V = {"detection_rate": {CATEGORIES[c]: float(r[c]) for c in range(C)},
-               "hallucination_rate": {CATEGORIES[c]: float(h[c]) for c in range(C)},
-               "scale": float(scale)}
-    out = []
-    for s in range(num_scenes):
-        k = int(rng.integers(min_objects, max_objects + 1))
-        cats = rng.integers(0, C, size=k)
-        locs = lo + rng.uniform(size=(k, 3)) * (hi - lo)
-        locs[:, 1] = lo[1] + rng.uniform(size=k) * (hi[1] - lo[1]) * 0.2
-        views = []
-        for _t in range(num_frames):
-            labels, pos, scores = [], [], []
-            for j in range(k):
-                if emission == "poisson":
-                    m = int(rng.poisson(r[cats[j]]))
-                else:
-                    m = int(rng.uniform() < min(r[cats[j]], 1.0))
-                for _ in range(m):
-                    labels.append(coco_id(cats[j]))
-                    pos.append((locs[j] + scale * rng.standard_normal(3)).tolist())
-                    scores.append(float(rng.beta(5, 2)))
-            for c in range(C):
-                for _ in range(int(rng.poisson(h[c]))):
-                    labels.append(coco_id(c))
-                    pos.append((lo + rng.uniform(size=3) * (hi - lo)).tolist())
-                    scores.append(float(rng.beta(2, 5)))
-            order = rng.permutation(len(labels))
-            views.append({"detections": {"labels": [labels[i] for i in order],
-                                         "scores": [scores[i] for i in order],
-                                         "position": [pos[i] for i in order]}})
-        out.append({"path": f"{s:03d}", "views": views,
-                    "labels": [{"category_name": CATEGORIES[int(c)], "position": locs[j].tolist()}
-                               for j, c in enumerate(cats)],
-                    "detector_truth": {k: (dict(v) if isinstance(v, dict) else v) for k, v in truth_V.items()},
-                    "box": [lo.tolist(), hi.tolist()]})
-    return out
-
-
-def data_from_json(obj, dtype=torch.float64) -> dict:
-    """The model's data dict from a parsed multi-scene JSON list (see :mod:`metagen_ppl.domain.scenes`)."""
-    return parse_scenes(obj, dtype=dtype).data()
-
-
-# --------------------------------------------------------------------------- metagen-ppl compare
-#: ``metagen-ppl compare`` simulates ``simulate(3 scenes, 10 frames, seed)`` by default.
-COMPARE_SIMULATION = {"args": (3, 10)}
-#: NUTS on 3 scenes: every scene's locations and V at once; shorter chains than the point models.
-COMPARE_BUDGET = {"mcmc_samples": 100, "mcmc_warmup": 100, "mcmc_max_tree_depth": 6, "svi_steps": 400}
-
-
-def active_slots_first(active) -> torch.Tensor:
-    """Slot order ``(S, K')`` putting each scene's active slots first (stable), ``K' = max(1, most objects
-    in a scene)``: gather a structure's tensors with it to drop the slots no scene uses."""
-    K = max(1, int(active.sum(-1).max()))
-    return torch.argsort((~active).to(torch.int8), dim=-1, stable=True)[:, :K]
-
-
-def compact_structure(params):
-    """Active slots first and ``K`` = the largest object count: ``(K, cats, active, locs)``."""
-    act = params["active"]
-    order = active_slots_first(act)
-    K = order.shape[1]
-    cats = torch.gather(params["cats"], 1, order)
-    active = torch.gather(act, 1, order)
-    locs = torch.gather(params["locs"], 1, order.unsqueeze(-1).expand(-1, -1, 3))
-    return K, cats, active, locs

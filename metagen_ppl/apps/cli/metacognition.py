@@ -12,7 +12,7 @@ from metagen_ppl.domain.metagen_data import CATEGORIES
 from metagen_ppl.domain.objects import object_metrics, truth_objects
 from metagen_ppl.domain.scenes import SceneSet, load_scenes, parse_V, write_scenes
 from metagen_ppl.models.detector.fit import INNER, MODES, MetacognitionResult, fit_metacognition
-from metagen_ppl.models.detector.generative import simulate
+from metagen_ppl.models.detector import simulate
 
 def _summary(res: MetacognitionResult, sc: SceneSet) -> list:
     lines = [f"{res.mode} ({res.inner}): {len(sc)} scenes, {sum(len(s['objects']) for s in res.scenes)} objects, "

@@ -1,0 +1,93 @@
+"""The batched E-step of the projective model: per-video log likelihoods and assignment posteriors.
+
+It computes what the engine's Pyro enumeration computes
+(:meth:`metagen_ppl.engine.enumeration.EnumeratedModel.estep`; a test checks they
+are equal) in one tensor pass: the model's ``estep`` hook.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from metagen_ppl.domain.metagen_data import CATEGORIES
+from metagen_ppl.engine.enumeration import EStep
+from metagen_ppl.models.projective.generative import (_V_SITES, IMPOSSIBLE, LOG_AREA, _half, _structure,
+                                                      assignment_logits, category_intensity, log_prior,
+                                                      object_pixels)
+
+
+def joint_log_terms(data, values, cats, active, num_categories=len(CATEGORIES)):
+    """``log w_j + log p(u_n | j) + log q_j(b_n)`` per detection and component ``(V, T, D, K + 1)``,
+    the frame intensities ``Lambda_vt`` (V, T) and the visibility ``(V, T, K)``.
+
+    ``values`` holds ``locs, rates, hallucination, pixel_scale, mark_real, mark_hall``.
+    """
+    u = data["centers"]
+    o, b = data["categories"], data["score_bins"]
+    mask = data["det_mask"]
+    locs = values["locs"]
+    rates, hall, sigma = values["rates"], values["hallucination"], values["pixel_scale"].reshape(())
+    pix, vis = object_pixels(data, locs, _half(values))                         # (V,T,K,2)
+    logits = assignment_logits(data, rates, hall, cats, active, vis)            # (V,T,D,J)
+    diff = u.unsqueeze(-2) - pix.unsqueeze(2)                                   # (V,T,D,K,2)
+    gauss = -0.5 * (diff * diff).sum(-1) / sigma ** 2 - 2 * torch.log(sigma) - math.log(2 * math.pi)
+    lr = torch.log(values["mark_real"])[o, b]                                   # (V,T,D)
+    lh = torch.log(values["mark_hall"])[o, b]
+    comp = torch.cat([(lh - LOG_AREA).unsqueeze(-1), gauss + lr.unsqueeze(-1)], -1)
+    joint = torch.where(logits > IMPOSSIBLE / 2, logits + comp, torch.full((), IMPOSSIBLE, dtype=u.dtype))
+    joint = torch.where(mask.unsqueeze(-1), joint, logits)                      # padded: [0, IMP, ...]
+    lam = category_intensity(data, rates, hall, cats, active, vis, num_categories).sum(-1)
+    return joint, lam, vis
+
+
+def frame_terms(data, lam):
+    """``sum_t (-Lambda_vt - log n_vt!)`` over the real frames of each video, ``(V,)``."""
+    n = data["num_detections"].to(lam.dtype)
+    per = -lam - torch.lgamma(n + 1)
+    return torch.where(data["frame_mask"], per, torch.zeros((), dtype=lam.dtype)).sum(-1)
+
+
+def video_log_likelihood(data, values, cats, active, num_categories=len(CATEGORIES)):
+    """Direct batched E-step: ``log p(x_v | theta, structure)`` per video (V,) and the
+    responsibilities ``(V, T, D, K + 1)`` (zero rows for padded detections).
+
+    Equals the engine's (:class:`metagen_ppl.engine.enumeration.EnumeratedModel`) log
+    likelihood summed over videos, ``-log n!`` included.
+    """
+    joint, lam, vis = joint_log_terms(data, values, cats, active, num_categories)
+    mask = data["det_mask"]
+    zero = torch.zeros((), dtype=joint.dtype)
+    lse = joint.logsumexp(-1)
+    resp = torch.where(mask.unsqueeze(-1), (joint - lse.unsqueeze(-1)).exp(), zero)
+    loglik = torch.where(mask, lse, zero).sum((-1, -2)) + frame_terms(data, lam)
+    return loglik, resp
+
+
+def estep(data, params, num_objects, *, cats=None, active=None, num_categories=len(CATEGORIES), **options) -> EStep:
+    """The model's E-step hook (:func:`metagen_ppl.engine.em.run_em`): :func:`video_log_likelihood` as an
+    :class:`~metagen_ppl.engine.enumeration.EStep`; ``details``: ``video_log_likelihood`` (V,),
+    ``joint`` and ``lse`` (the log terms and their logsumexp per detection), ``vis`` (V, T, K).
+
+    ``params`` holds the fitted sites; fixed ones (and ``half_fov``) come from the options.
+    """
+    cats, active = _structure(data, num_objects, cats, active)
+    values = dict(params)
+    for k in _V_SITES + ("locs", "half_fov"):
+        if options.get(k) is not None and k not in values:
+            values[k] = torch.as_tensor(options[k], dtype=data["centers"].dtype)
+    joint, lam, vis = joint_log_terms(data, values, cats, active, num_categories)
+    mask = data["det_mask"]
+    zero = torch.zeros((), dtype=joint.dtype)
+    lse = torch.where(mask, joint.logsumexp(-1), zero)
+    resp = torch.where(mask.unsqueeze(-1), (joint - lse.unsqueeze(-1)).exp(), zero)
+    loglik = lse.sum((-1, -2)) + frame_terms(data, lam)
+    learned = {k for k in _V_SITES if options.get(k) is None}
+    # the uniform location prior counts only where the locations are fitted (a site of the model)
+    located = active if options.get("locs") is None else torch.zeros_like(active)
+    lp = log_prior(values, learned, located, data, **{k: v for k, v in options.items() if k not in _V_SITES})
+    total = loglik.sum()
+    return EStep(log_joint=float(total + lp), log_likelihood=float(total), log_prior=float(lp),
+                 marginals={"z": resp}, weights={},
+                 details={"video_log_likelihood": loglik, "joint": joint, "lse": lse, "vis": vis})

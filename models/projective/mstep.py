@@ -1,0 +1,206 @@
+"""M-steps of the projective model: closed forms for V, the pixel noise and the marks; Gauss-Newton
+for the object locations (which have no closed form through the camera)."""
+
+from __future__ import annotations
+
+
+import torch
+
+from metagen_ppl.domain.camera import IMAGE_SIZE, camera_frame
+from metagen_ppl.domain.metagen_data import CATEGORIES
+from metagen_ppl.models.projective.generative import (HALF_FOV, IMPOSSIBLE, _box, _clamp_box, _half, _opt,
+                                                      _structure, num_bins, object_pixels)
+
+
+def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active=None, locs=None, rates=None,
+                      hallucination=None, pixel_scale=None, mark_real=None, mark_hall=None,
+                      num_categories=len(CATEGORIES), **options):
+    """MAP M-step in closed form for V, ``sigma_px`` and the marks, pooled over all videos.
+
+    With ``g`` the posterior of ``z`` (``(V, T, D, K + 1)``) and ``vis`` the
+    visibility at the current locations:
+
+    * ``r_c = (sum_{objects of c} g + a_r - 1) / (sum_{objects of c} #visible frames + b_r)``;
+    * ``h_c = (sum_{detections of c} g_0 + a_h - 1) / (#frames + b_h)``;
+    * ``sigma_px^2 = (sum_k g_k |u - P(mu_k)|^2 + 2 b_s) / (2 sum_k g_k + 2 a_s + 1)``;
+    * ``q^real_c(b) propto sum_{detections of c in bin b} (1 - g_0) + alpha - 1``,
+      ``q^hall_c(b) propto sum g_0 + alpha - 1``.
+
+    The locations are not updated here (no closed form through the projection).
+    """
+    u = data["centers"]
+    dtype = u.dtype
+    V, T, D = u.shape[:3]
+    K = int(num_objects)
+    C, B = int(num_categories), num_bins()
+    cats, active = _structure(data, K, cats, active)
+    mask = data["det_mask"]
+    g = marginals["z"].reshape(V, T, D, K + 1).to(dtype) * mask.unsqueeze(-1).to(dtype)
+    L = params["locs"].to(dtype) if locs is None else torch.as_tensor(locs, dtype=dtype)
+    half = params.get("half_fov", options.get("half_fov"))
+    pix, vis = object_pixels(data, L, HALF_FOV if half is None else half)
+    out = {}
+    gk = g[..., 1:]
+    nk = gk.sum((1, 2))                                                         # (V,K)
+    if rates is None:
+        a, b = _opt(options, "rate_prior_shape"), _opt(options, "rate_prior_rate")
+        expo = (vis & active[:, None, :]).to(dtype).sum(1)                      # (V,K)
+        n_c = torch.zeros(C, dtype=dtype).index_add_(0, cats.reshape(-1), (nk * active).reshape(-1))
+        e_c = torch.zeros(C, dtype=dtype).index_add_(0, cats.reshape(-1), expo.reshape(-1))
+        out["rates"] = ((n_c + a - 1) / (e_c + b)).clamp_min(1e-9)
+    if hallucination is None:
+        a, b = _opt(options, "hall_prior_shape"), _opt(options, "hall_prior_rate")
+        n_h = torch.zeros(C, dtype=dtype).index_add_(0, data["categories"].reshape(-1), g[..., 0].reshape(-1))
+        frames = data["frame_mask"].sum().to(dtype)
+        out["hallucination"] = ((n_h + a - 1) / (frames + b)).clamp_min(1e-9)
+    if pixel_scale is None:
+        a, b = _opt(options, "scale_prior_shape"), _opt(options, "scale_prior_rate")
+        diff = u.unsqueeze(-2) - pix.unsqueeze(2)                               # (V,T,D,K,2)
+        ss = (gk * (diff * diff).sum(-1)).sum()
+        out["pixel_scale"] = ((ss + 2 * b) / (2 * gk.sum() + 2 * a + 1)).sqrt()
+    alpha = _opt(options, "mark_concentration")
+    flat = (data["categories"] * B + data["score_bins"]).reshape(-1)
+    for name, w, given in (("mark_real", gk.sum(-1), mark_real), ("mark_hall", g[..., 0], mark_hall)):
+        if given is None:
+            cnt = torch.zeros(C * B, dtype=dtype).index_add_(0, flat, w.reshape(-1)).reshape(C, B) + alpha - 1
+            cnt = cnt.clamp_min(1e-12)
+            out[name] = cnt / cnt.sum(-1, keepdim=True)
+    return out
+
+
+# --------------------------------------------------------------------------- locations
+def _camera_axes(data):
+    f, right, up = camera_frame(data["cams"], data["looks"])                    # (V,T,3)
+    return f, right, up
+
+
+def _project_with_jacobian(mu, cams, f, right, up, half_fov=HALF_FOV, jacobian=True, R=None):
+    """Pixels ``(..., 2)``, depth and the Jacobian ``d pixel / d mu`` ``(..., 2, 3)``.
+
+    ``mu`` broadcasts against the camera tensors (all ``(..., 3)``); ``R`` (optional,
+    ``(..., 3, 3)``) stacks the rows ``right, up, f``.
+    """
+    s = mu - cams
+    if R is None:
+        x = (s * right).sum(-1)
+        y = (s * up).sum(-1)
+        z = (s * f).sum(-1)
+    else:
+        x, y, z = (R @ s.unsqueeze(-1)).squeeze(-1).unbind(-1)
+    k = IMAGE_SIZE / 2 / half_fov
+    px = IMAGE_SIZE / 2 + k * torch.atan2(x, z)
+    py = IMAGE_SIZE / 2 - k * torch.atan2(y, z)
+    if not jacobian:
+        return torch.stack([px, py], -1), z, None
+    rx = (x * x + z * z).clamp_min(1e-12).unsqueeze(-1)
+    ry = (y * y + z * z).clamp_min(1e-12).unsqueeze(-1)
+    jx = k * (z.unsqueeze(-1) * right - x.unsqueeze(-1) * f) / rx
+    jy = -k * (z.unsqueeze(-1) * up - y.unsqueeze(-1) * f) / ry
+    return torch.stack([px, py], -1), z, torch.stack([jx, jy], -2)
+
+
+def _inside(pix, depth):
+    return ((pix >= 0) & (pix <= IMAGE_SIZE)).all(-1) & (depth > 0)
+
+
+def _views(cams, f, right, up, half_fov=HALF_FOV):
+    """A bundle of cameras ``(N, A, 3)`` (positions and camera frames) with their half field of view."""
+    return {"cams": cams, "f": f, "right": right, "up": up, "half": half_fov, "R": torch.stack([right, up, f], -2)}
+
+
+def _index_views(views, idx):
+    return {k: (x if k == "half" else x[idx]) for k, x in views.items()}
+
+
+def _project_views(mu, views, jacobian=False):
+    """Pixels ``(N, A, 2)``, depth ``(N, A)`` and (if asked) the Jacobian ``(N, A, 2, 3)`` of ``mu``
+    (N, 3) in ``views``."""
+    return _project_with_jacobian(mu[:, None, :], views["cams"], views["f"], views["right"], views["up"],
+                                  views["half"], jacobian, views.get("R"))
+
+
+def location_objective(mu, u, g, views, rate, sigma, expo_views=None, expo_mask=None):
+    """The part of Q that depends on object locations, per object.
+
+    Batched over objects ``(N, ...)``: ``mu`` (N, 3); ``u`` (N, A, D, 2) the
+    detections and ``g`` (N, A, D) their responsibilities for the object, seen
+    from ``views`` (cameras ``(N, A, 3)``: the frames of the object's video, or
+    one camera per detection with ``D = 1``); ``rate`` (N,) the object's ``r_c``;
+    ``expo_views`` / ``expo_mask`` (N, T) the frames whose visibility counts in
+    the Poisson exposure (default: ``views`` and ``g``'s frames all real).
+
+    Returns ``(N,)``: ``-sum g |u - P(mu)|^2 / (2 sigma^2) - r_c #visible frames
+    + IMPOSSIBLE * sum_{invisible} g``.
+    """
+    pix, depth, _ = _project_views(mu, views)
+    vis = _inside(pix, depth)
+    diff = u - pix.unsqueeze(2)
+    sq = (g * (diff * diff).sum(-1)).sum((-1, -2))
+    zero = torch.zeros((), dtype=mu.dtype)
+    bad = torch.where(vis, zero, g.sum(-1)).sum(-1) * (-IMPOSSIBLE)
+    if expo_views is not None:
+        epix, edepth, _ = _project_views(mu, expo_views)
+        evis = _inside(epix, edepth)
+    else:
+        evis = vis
+    if expo_mask is not None:
+        evis = evis & expo_mask
+    return -0.5 * sq / sigma ** 2 - rate * evis.to(mu.dtype).sum(-1) - bad
+
+
+def gauss_newton_locations(mu, u, g, views, rate, sigma, lo, hi, *, expo_views=None, expo_mask=None, iters=8,
+                           damping=1e-3):
+    """Maximise :func:`location_objective` for each object by projected Levenberg-Marquardt.
+
+    A batched Gauss-Newton on the pixel residuals (the smooth part of Q),
+    with per-object damping; a step is kept only where it raises the full
+    per-object objective (visibility changes included), so Q never decreases.
+    Locations stay inside the room box ``[lo, hi]``.
+    """
+    N = mu.shape[0]
+    lam = torch.full((N,), float(damping), dtype=mu.dtype)
+    kw = dict(expo_views=expo_views, expo_mask=expo_mask)
+    cur = location_objective(mu, u, g, views, rate, sigma, **kw)
+    eye = torch.eye(3, dtype=mu.dtype)
+    gt = g.sum(-1)                                                                # (N,A)
+    w2 = gt.repeat_interleave(2, dim=1).unsqueeze(-1)                            # (N,2A,1)
+    for _ in range(iters):
+        pix, depth, J = _project_views(mu, views, True)                          # (N,A,2), (N,A,2,3)
+        ge = (g.unsqueeze(-1) * (u - pix.unsqueeze(2))).sum(2)                   # (N,A,2)
+        Jf = J.reshape(N, -1, 3)                                                 # (N,2A,3)
+        grad = (ge.reshape(N, -1, 1) * Jf).sum(1)                                # (N,3)
+        H = (Jf * w2).transpose(1, 2) @ Jf                                       # (N,3,3)
+        scale = torch.diagonal(H, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-9)
+        A = H + (lam * scale)[:, None, None] * eye + 1e-9 * eye
+        step = torch.linalg.solve(A, grad.unsqueeze(-1)).squeeze(-1)
+        new = _clamp_box(mu + step, lo, hi)
+        val = location_objective(new, u, g, views, rate, sigma, **kw)
+        ok = val > cur
+        mu = torch.where(ok.unsqueeze(-1), new, mu)
+        cur = torch.where(ok, val, cur)
+        lam = torch.where(ok, lam * 0.3, lam * 10.0).clamp(1e-9, 1e9)
+    return mu, cur
+
+
+def _object_batch(data, resp, cats, active, values):
+    """Flatten the active objects: index ``(v, k)`` pairs and their per-object inputs."""
+    vk = active.nonzero()                                                        # (N,2)
+    v, k = vk[:, 0], vk[:, 1]
+    f, right, up = _camera_axes(data)
+    return v, k, dict(u=data["centers"][v], g=resp[v, :, :, k + 1],
+                      views=_views(data["cams"][v], f[v], right[v], up[v], _half(values)),
+                      expo_mask=data["frame_mask"][v],
+                      rate=values["rates"][cats[v, k]], sigma=values["pixel_scale"].reshape(()))
+
+
+def location_mstep(data, values, resp, cats, active, iters=8) -> torch.Tensor:
+    """Batched Gauss-Newton M-step for every active object's location (a generalised M-step:
+    Q never decreases). Returns the new ``locs`` (V, K, 3)."""
+    locs = values["locs"].clone()
+    if not bool(active.any()):
+        return locs
+    lo, hi, _ = _box(data)
+    v, k, kw = _object_batch(data, resp, cats, active, values)
+    mu, _ = gauss_newton_locations(locs[v, k], lo=lo, hi=hi, iters=iters, **kw)
+    locs[v, k] = mu
+    return locs
