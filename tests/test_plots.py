@@ -21,6 +21,7 @@ import torch  # noqa: E402
 
 from metagen_ppl import fit_em
 from metagen_ppl.apps import plots  # noqa: E402
+from metagen_ppl.apps.plots import base as plot_base  # noqa: E402
 from metagen_ppl.engine.mcmc import fit_mcmc  # noqa: E402
 from metagen_ppl.engine.result import FitResult  # noqa: E402
 from metagen_ppl.engine.svi import fit_svi  # noqa: E402
@@ -57,7 +58,7 @@ def no_figure_leak():
 def saved(monkeypatch):
     """Records, for every PNG written, the figure's axes, legend labels and title."""
     records = {}
-    original = plots._save
+    original = plot_base.save
 
     def spy(fig, path, **kw):
         legends = [a.get_legend() for a in fig.axes] + list(fig.legends)
@@ -68,7 +69,7 @@ def saved(monkeypatch):
         )
         original(fig, path, **kw)
 
-    monkeypatch.setattr(plots, "_save", spy)
+    monkeypatch.setattr(plot_base, "save", spy)
     return records
 
 
@@ -82,11 +83,11 @@ def assert_png(path):
 # --------------------------------------------------------------------------- styles
 def test_unknown_methods_get_distinct_styles():
     names = ["em", "em-mstep", "em-enumerate", "em-sample", "svi-map", "svi-normal", "mcmc", "foo", "bar", "baz"]
-    st = plots._styles(names)
+    st = plot_base.styles(names)
     pairs = [(st[n]["color"], st[n]["marker"]) for n in names]
     assert len(set(pairs)) == len(names)
-    assert st["mcmc"] == plots._METHOD_STYLE["mcmc"]
-    assert plots._styles(["foo"])["foo"] == st["foo"]  # the same name keeps its style
+    assert st["mcmc"] == plot_base.METHOD_STYLE["mcmc"]
+    assert plot_base.styles(["foo"])["foo"] == st["foo"]  # the same name keeps its style
 
 
 # --------------------------------------------------------------------------- objectives

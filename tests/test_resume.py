@@ -424,9 +424,9 @@ def test_evaluate_svi_and_mcmc_units_reused(videos_file, tmp_path, monkeypatch):
     out = tmp_path / "svi"
     first = evaluate(videos_file, str(out), method="svi", svi_steps=5, **kw)
     os.remove(out / "checkpoints" / "evaluate.json")
-    import metagen_ppl.apps.evaluate
+    import metagen_ppl.apps.video_fits
 
-    monkeypatch.setattr(metagen_ppl.apps.evaluate, "fit_svi", lambda *a, **k: pytest.fail("SVI rerun"))
+    monkeypatch.setattr(metagen_ppl.apps.video_fits, "fit_svi", lambda *a, **k: pytest.fail("SVI rerun"))
     again = evaluate(videos_file, str(out), method="svi", svi_steps=5, resume=True, **kw)
     assert again["splits"] == first["splits"]
     with pytest.raises(MetagenError, match="needs checkpoint"):

@@ -32,10 +32,8 @@ that structure fixed, so the rows compare like with like.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
-import html
 import json
 import math
 import os
@@ -50,12 +48,14 @@ import torch
 from metagen_ppl.apps import plots
 from metagen_ppl.engine.align import location_error, permutation_to
 from metagen_ppl.engine.checkpoint import FitInterrupted
+from metagen_ppl.apps.report import (agreement_warnings, diagnose, mcmc_summary, report_html, report_markdown,
+                                     table_markdown, table_row)
 from metagen_ppl.engine.comparison import ComparisonSetup
 from metagen_ppl.engine.em import fit_em
 from metagen_ppl.engine.mcmc import fit_mcmc
 from metagen_ppl.engine.registry import load_model, ModelSpec
 from metagen_ppl.engine.result import FitResult
-from metagen_ppl.engine.svi import fit_svi, loss_flattened
+from metagen_ppl.engine.svi import fit_svi
 from metagen_ppl.errors import DataError, MetagenError, ModelError
 from metagen_ppl.io import (atomic_path, atomic_write_json, atomic_write_text, data_from_json, load_json,
                             num_objects_from_json, to_jsonable)
@@ -66,8 +66,6 @@ __all__ = ["compare", "Budget", "ComparisonSetup", "default_setup", "diagnose",
 
 BASE_METHODS = ("em", "svi-map", "svi-normal", "mcmc")
 CATEGORY_STRATEGIES = ("mstep", "enumerate", "sample")
-RHAT_MAX = 1.01
-ESS_MIN_PER_CHAIN = 100  # arviz's guidance: bulk and tail ESS of at least 100 per chain
 
 
 # --------------------------------------------------------------------------- settings
@@ -336,181 +334,6 @@ def _load_method(out_dir, method, fingerprint) -> Optional[tuple]:
     return res, status
 
 
-# --------------------------------------------------------------------------- diagnostics
-def mcmc_summary(res: FitResult) -> dict:
-    """Max R-hat and min bulk / tail ESS of the (label-aligned) draws; NaN where undefined."""
-    out = {"r_hat": float("nan"), "ess_bulk": float("nan"), "ess_tail": float("nan")}
-    if not res.samples:
-        return out
-    import arviz as az
-
-    data = {k: v.detach().double().cpu().numpy() for k, v in res.samples.items()}
-    ds = az.convert_to_dataset(data)
-    chains = next(iter(data.values())).shape[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if chains > 1:
-            r = az.rhat(ds)
-            out["r_hat"] = float(np.nanmax([np.nanmax(np.asarray(r[k])) for k in r.data_vars]))
-        for kind in ("bulk", "tail"):
-            e = az.ess(ds, method=kind)
-            out[f"ess_{kind}"] = float(np.nanmin([np.nanmin(np.asarray(e[k])) for k in e.data_vars]))
-    return out
-
-
-def diagnose(method: str, res: FitResult, budget: Budget, summary: Optional[dict] = None) -> list:
-    """Warnings about one result, each with what to change (``summary``: :func:`mcmc_summary` of an
-    MCMC result, if already computed)."""
-    out = []
-    info = res.info or {}
-    if method.startswith("em"):
-        if not res.converged:
-            out.append(f"{method}: stopped at max_iter = {res.n_iter} before the log joint changed by less "
-                       f"than tol = {budget.em_tol:g}; raise --em-max-iter (or loosen --em-tol)")
-        scores = [s for s in (info.get("restart_log_joint") or []) if s is not None and math.isfinite(s)]
-        if len(scores) > 1:
-            spread = max(scores) - min(scores)
-            if spread > max(1e-3, 1e-6 * abs(max(scores))):
-                out.append(f"{method}: the {len(scores)} restarts reached different optima (log joints "
-                           f"{', '.join(f'{s:.2f}' for s in sorted(scores, reverse=True))}); the best is "
-                           "reported; raise --em-inits to make finding the best optimum likelier")
-        for item in info.get("reinitialised") or []:
-            out.append(f"{method}: a component lost all responsibility and was re-initialised ({item}); "
-                       "K may be larger than the data support — try a smaller --num-objects")
-            break
-    elif method.startswith("svi"):
-        trace = [t for t in res.trace if t is not None]
-        if not loss_flattened(trace):
-            out.append(f"{method}: the ELBO had not flattened after {len(trace)} steps (its last 10% still "
-                       "moved by more than its noise); raise --svi-steps or lower --svi-lr")
-    elif method == "mcmc":
-        s = summary if summary is not None else mcmc_summary(res)
-        chains = int(info.get("num_chains", 1) or 1)
-        if chains < 2:
-            out.append("mcmc: one chain, so R-hat cannot be computed; use --mcmc-chains 2 or more")
-        elif not (s["r_hat"] <= 1.2):
-            out.append(f"mcmc: max R-hat {s['r_hat']:.3f}: the chains sit in different modes even after label "
-                       "alignment (see the trace plot); a longer run rarely fixes this: compare the chains' log "
-                       "joints, and start the chains near EM's estimate or use more EM restarts to find the best mode")
-        elif not (s["r_hat"] <= RHAT_MAX):
-            out.append(f"mcmc: max R-hat {s['r_hat']:.3f} > {RHAT_MAX} (chains disagree after label alignment); "
-                       "raise --mcmc-warmup and --mcmc-samples, or run more chains")
-        need = ESS_MIN_PER_CHAIN * chains
-        low = [k for k in ("ess_bulk", "ess_tail") if not (s[k] >= need)]
-        if low:
-            out.append(f"mcmc: low effective sample size (bulk {s['ess_bulk']:.0f}, tail {s['ess_tail']:.0f}; "
-                       f"want >= {need} = {ESS_MIN_PER_CHAIN} per chain); raise --mcmc-samples")
-        div = sum(info.get("divergences") or [0])
-        if div:
-            out.append(f"mcmc: {div} divergent transitions; raise --mcmc-target-accept (e.g. 0.95) or "
-                       "reparametrise the model")
-    return out
-
-
-def _agreement_warnings(results: dict) -> list:
-    """EM and SVI-MAP maximise the same objective: flag when they end far apart."""
-    out = []
-    em = [(m, r) for m, r in results.items() if m.startswith("em")]
-    svi = results.get("svi-map")
-    if svi is not None and em:
-        best_m, best = max(em, key=lambda mr: mr[1].log_joint)
-        gap = best.log_joint - svi.log_joint
-        if gap > max(1.0, 1e-4 * abs(best.log_joint)):
-            out.append(f"svi-map: its log joint is {gap:.2f} below {best_m}'s on the same objective "
-                       "(a worse optimum or not converged); raise --svi-steps, or start SVI from several seeds")
-    return out
-
-
-# --------------------------------------------------------------------------- table
-def _elbo(res: FitResult) -> Optional[float]:
-    if not res.method.startswith("svi"):
-        return None
-    trace = [t for t in res.trace if t is not None and math.isfinite(t)]
-    if not trace:
-        return None
-    w = max(1, len(trace) // 10)
-    return float(np.mean(trace[-w:]))
-
-
-def _row(method, res: Optional[FitResult], status: dict, setup: ComparisonSetup,
-         summary: Optional[dict] = None) -> dict:
-    row = {"method": method, "status": status.get("status", "ok"), "error": status.get("error")}
-    if res is None:
-        return row
-    acc = {}
-    if setup.accuracy is not None:
-        try:
-            acc = {k: float(v) for k, v in (setup.accuracy(res) or {}).items()}
-        except Exception as e:  # scoring must not lose the row
-            acc = {}
-            row["error"] = f"accuracy failed: {type(e).__name__}: {e}"
-    row.update(accuracy=acc, log_likelihood=float(res.log_likelihood), log_joint=float(res.log_joint),
-               elbo=_elbo(res), n_iter=int(res.n_iter),
-               iter_kind="draws" if method == "mcmc" else ("steps" if method.startswith("svi") else "iterations"),
-               converged=bool(res.converged), wall_time_s=float(res.wall_time_s))
-    if method == "mcmc":
-        row.update(summary if summary is not None else mcmc_summary(res))
-        row["divergences"] = int(sum(res.info.get("divergences") or [0]))
-    return row
-
-
-def _fmt(v, spec=".3f"):
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return format(v, spec)
-
-
-def _table_cells(rows: list) -> tuple:
-    """The table once, for both renderings: ``(head, body)``; a body row is ``(method, status, error, cells)``
-    with ``error`` set (and ``cells`` empty) for a failed method."""
-    acc_names = []
-    for r in rows:
-        for k in (r.get("accuracy") or {}):
-            if k not in acc_names:
-                acc_names.append(k)
-    head = (["method", "status"] + acc_names + ["log lik. at estimate", "log joint", "ELBO", "iterations / draws",
-                                              "converged", "wall (s)", "R-hat", "ESS bulk", "ESS tail"])
-    body = []
-    for r in rows:
-        if r.get("status") != "ok":
-            body.append((r["method"], r.get("status"), r.get("error") or "", []))
-            continue
-        acc = r.get("accuracy") or {}
-        cells = [_fmt(acc.get(k)) for k in acc_names] + [
-            _fmt(r.get("log_likelihood"), ".2f"), _fmt(r.get("log_joint"), ".2f"), _fmt(r.get("elbo"), ".2f"),
-            f"{r.get('n_iter')} {r.get('iter_kind', '')}".strip(),
-            "yes" if r.get("converged") else "no", _fmt(r.get("wall_time_s"), ".2f"),
-            _fmt(r.get("r_hat")), _fmt(r.get("ess_bulk"), ".0f"), _fmt(r.get("ess_tail"), ".0f")]
-        body.append((r["method"], "ok", None, cells))
-    return head, body
-
-
-def table_markdown(rows: list) -> str:
-    """The comparison table (Markdown)."""
-    head, body = _table_cells(rows)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
-    for method, status, error, cells in body:
-        if error is not None:
-            cells = [f"**{status}**: " + error.replace("|", "\\|")] + [""] * (len(head) - 2)
-        else:
-            cells = [status] + cells
-        lines.append("| " + " | ".join([method] + cells) + " |")
-    return "\n".join(lines)
-
-
-def _table_html(rows: list) -> str:
-    head, body = _table_cells(rows)
-    out = []
-    for method, status, error, cells in body:
-        if error is not None:
-            tds = [f"<b>{html.escape(str(status))}</b>: {html.escape(error)}"] + [""] * (len(head) - 2)
-        else:
-            tds = [html.escape(c) for c in [status] + cells]
-        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in [html.escape(method)] + tds) + "</tr>")
-    return ("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
-            + "".join(out) + "</tbody></table>")
-
-
 # --------------------------------------------------------------------------- plots
 def _plots(out_dir, spec, setup, results, seed, log) -> tuple:
     """Every plot of the report; a plot that fails is listed, not fatal."""
@@ -563,61 +386,6 @@ def _plots(out_dir, spec, setup, results, seed, log) -> tuple:
 
 
 # --------------------------------------------------------------------------- report
-def _report_md(title, header_lines, table, warns, notes, figures) -> str:
-    parts = [f"# {title}", "", *header_lines, "", "## Results", "", table, ""]
-    parts += ["## Diagnostics", ""]
-    parts += [f"* {w}" for w in warns] if warns else ["* no warnings: every method converged by its own test."]
-    parts.append("")
-    if notes:
-        parts += ["## Notes", "", *[f"* {n}" for n in notes], ""]
-    parts += ["## Column definitions", "",
-              "* **accuracy columns** (when the truth is known): location error = mean distance between matched "
-              "estimated and true objects (Hungarian matching); assignment / category accuracy after the same "
-              "matching.",
-              "* **log lik. at estimate**: log p(x | estimate) with the discrete sites summed out exactly, the same "
-              "computation for every method (MCMC: at the label-aligned posterior mean).",
-              "* **log joint**: log lik. + log prior at the estimate (EM's and SVI-MAP's objective).",
-              "* **ELBO**: SVI's objective, mean over the last 10% of steps.",
-              f"* **R-hat, ESS**: MCMC after label alignment; max R-hat and min bulk / tail ESS over all scalars "
-              f"(targets: R-hat <= {RHAT_MAX}, ESS >= {ESS_MIN_PER_CHAIN} per chain).", ""]
-    for caption, rel in figures:
-        parts += [f"## {caption}", "", f"![{caption}]({rel})", ""]
-    return "\n".join(parts)
-
-
-def _md_inline(text: str) -> str:
-    out = html.escape(text)
-    import re
-
-    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
-    out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
-    return out
-
-
-def _report_html(title, header_lines, rows, warns, notes, figures, out_dir) -> str:
-    """A self-contained page: the same content as the Markdown, images embedded as base64."""
-    table = _table_html(rows)
-    imgs = []
-    for caption, rel in figures:
-        path = os.path.join(out_dir, rel)
-        try:
-            with open(path, "rb") as fh:
-                b64 = base64.b64encode(fh.read()).decode("ascii")
-        except OSError:
-            continue
-        imgs.append(f"<h2>{html.escape(caption)}</h2><img alt=\"{html.escape(caption)}\" "
-                    f"src=\"data:image/png;base64,{b64}\">")
-    warn_html = ("<ul class=\"warn\">" + "".join(f"<li>{_md_inline(w)}</li>" for w in warns) + "</ul>"
-                 if warns else "<p>No warnings: every method converged by its own test.</p>")
-    note_html = ("<h2>Notes</h2><ul>" + "".join(f"<li>{_md_inline(n)}</li>" for n in notes) + "</ul>") if notes else ""
-    header = "".join(f"<p>{_md_inline(h)}</p>" for h in header_lines if h)
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
-             "td:first-child,th:first-child,td:nth-child(2){text-align:left}.warn li{color:#a40}"
-             "img{max-width:100%;border:1px solid #ddd}")
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{header}<h2>Results</h2>{table}"
-            f"<h2>Diagnostics</h2>{warn_html}{note_html}{''.join(imgs)}</body></html>")
 
 
 # --------------------------------------------------------------------------- main entry
@@ -779,7 +547,7 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
 
     # R-hat and ESS once per MCMC result, for the table and the diagnostics
     summaries = {m: mcmc_summary(r) for m, r in results.items() if r is not None and m == "mcmc"}
-    rows = list(setup.extra_rows) + [_row(m, results[m], statuses[m], setup, summaries.get(m)) for m in names]
+    rows = list(setup.extra_rows) + [table_row(m, results[m], statuses[m], setup, summaries.get(m)) for m in names]
     warns = []
     for m in names:
         if results[m] is None:
@@ -787,7 +555,7 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
                          f"(traceback in methods/{m}.status.json)")
         else:
             warns.extend(diagnose(m, results[m], budget, summaries.get(m)))
-    warns.extend(_agreement_warnings({m: r for m, r in results.items() if r is not None}))
+    warns.extend(agreement_warnings({m: r for m, r in results.items() if r is not None}))
     files, plot_failures = _plots(out_dir, spec, setup, results, seed, log)
     warns.extend(plot_failures)
     table = table_markdown(rows)
@@ -808,12 +576,12 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
         if files.get(key):
             figures.append((caption, os.path.relpath(files[key], out_dir)))
     title = f"metagen-ppl compare: {spec.name}"
-    md = _report_md(title, header, table, warns, setup.notes, figures)
+    md = report_markdown(title, header, table, warns, setup.notes, figures)
 
     report_md = os.path.join(out_dir, "report.md")
-    report_html = os.path.join(out_dir, "report.html")
+    html_path = os.path.join(out_dir, "report.html")
     atomic_write_text(report_md, md)
-    atomic_write_text(report_html, _report_html(title, header, rows, warns, setup.notes, figures, out_dir))
+    atomic_write_text(html_path, report_html(title, header, rows, warns, setup.notes, figures, out_dir))
     wall = time.perf_counter() - t_start
     summary = {"model": spec.name, "data": source, "num_objects": setup.num_objects, "seed": seed,
                "dtype": str(dt).replace("torch.", ""), "budget": dataclasses.asdict(budget), "methods": names,
@@ -823,7 +591,7 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
                "wall_time_s": wall}
     results_json = os.path.join(out_dir, "results.json")
     atomic_write_json(results_json, to_jsonable(summary))
-    return dict(rows=rows, table=table, warnings=warns, report=report_md, html=report_html,
+    return dict(rows=rows, table=table, warnings=warns, report=report_md, html=html_path,
                 results_json=results_json, files=files, wall_time_s=wall, results=results, setup=setup)
 
 

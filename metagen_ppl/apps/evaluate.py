@@ -70,21 +70,19 @@ The run uses one torch thread by default (``num_threads``).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import sys
 import time
 from typing import Optional
 
 import numpy as np
 import torch
 
-from metagen_ppl.domain.metagen_data import batch_videos, CATEGORIES, load_videos, SPLIT_A_SIZE
+from metagen_ppl.domain.metagen_data import batch_videos, CATEGORIES, load_videos
 from metagen_ppl.domain.metrics import detector_baselines, split_means, world_state_frame_scores
-from metagen_ppl.engine.checkpoint import Checkpoint, CheckpointError, FitInterrupted, hash_file, hash_tensors
-from metagen_ppl.engine.enumeration import EnumeratedModel
-from metagen_ppl.engine.svi import fit_svi
+from metagen_ppl.apps.video_fits import (Units, fit_em_units, fit_mcmc_units, fit_svi_units, fit_unit, meta_json,
+                                         progress_bar)
+from metagen_ppl.engine.checkpoint import Checkpoint, CheckpointError, hash_file, hash_tensors
 from metagen_ppl.errors import DataError, MetagenError
 from metagen_ppl.io import atomic_write_json, load_json
 from metagen_ppl.apps.plots import plot_video
@@ -96,262 +94,10 @@ METHODS = ("em", "svi", "mcmc")
 LEARN_ON = ("all", "train")
 
 
-def _bar(total, desc, enabled, unit="video"):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)
-
-
-# --------------------------------------------------------------------------- fitting
-def _fit(P, data, mode, progress, desc, params=None, truth=None, units=None, name=None, **kw):
-    if units is not None:
-        kw.update(units.fit_kwargs(name))
-    bar = _bar(data["cams"].shape[0], desc, progress)
-    state = {"n": 0}
-
-    def cb(n, info):
-        if bar is not None:
-            bar.update(max(0, n - state["n"]))
-            state["n"] = max(state["n"], n)
-            bar.set_postfix(round=info["round"], objects=info["objects"])
-
-    try:
-        fit = P.fit_videos(data, mode=mode, params=params, truth=truth, progress=cb, **kw)
-    finally:
-        if bar is not None:
-            bar.update(bar.total - state["n"])
-            bar.close()
-    if units is not None:
-        units.finished(name)
-    return fit
-
-
-# --------------------------------------------------------------------------- checkpoints
-class _Units:
-    """The resumable units of one ``evaluate`` run, each with its file in ``OUT/checkpoints/``.
-
-    Fits (``em_learn_all`` or ``em_learn_A`` + ``em_fixed_B``, ``lesioned``, ``ground_truth``)
-    checkpoint after every structure-search round (:func:`metagen_ppl.models.projective.fit_videos`; the
-    finished fit's last checkpoint is its result); ``svi_<i>`` (one per EM fit) and
-    ``mcmc_video_<j>`` (one per sampled video) store their result when finished. With
-    ``resume`` every finished unit is reused, an unfinished fit continues from its last round,
-    and a unit written for other data or settings is refused
-    (:class:`metagen_ppl.engine.checkpoint.CheckpointError`).
-    """
-
-    def __init__(self, out_dir, enabled: bool, resume: bool, data_hash: str):
-        self.dir = os.path.join(out_dir, "checkpoints") if enabled else None
-        self.resume = resume
-        self.data_hash = data_hash
-        self.done = []
-        self.current = None
-
-    def path(self, name):
-        return None if self.dir is None else os.path.join(self.dir, name + ".json")
-
-    def fit_kwargs(self, name) -> dict:
-        self.current = name
-        if self.dir is None:
-            return {}
-        return {"checkpoint": self.path(name), "resume": self.resume}
-
-    def finished(self, name) -> None:
-        self.done.append(name)
-        self.current = None
-
-    def compute(self, name, settings: dict, fn):
-        """``fn()`` (a JSON-able result: numbers, lists, tuples, dicts, tensors), or its stored result."""
-        self.current = name
-        if self.dir is None:
-            out = fn()
-        else:
-            ck = Checkpoint(self.path(name), "evaluate unit", self.data_hash, dict(settings, unit=name))
-            st = ck.load() if self.resume else None
-            if st is not None and st["done"]:
-                out = st["state"]["result"]
-            else:
-                out = fn()
-                ck.save(1, {"result": out}, done=True)
-        self.finished(name)
-        return out
-
-    def interrupted(self, e: KeyboardInterrupt):
-        """The :class:`FitInterrupted` to raise: one line saying what was kept and how to resume."""
-        if self.dir is None:
-            return FitInterrupted(None, None, "interrupted; no checkpoints were written (checkpointing was off): "
-                                              "a rerun starts afresh")
-        kept = []
-        if self.done:
-            kept.append("finished: " + ", ".join(self.done))
-        rnd = getattr(e, "round", None)
-        if self.current is not None and rnd is not None:
-            kept.append(f"{self.current} at the end of round {rnd}")
-        what = f" ({'; '.join(kept)})" if kept else ""
-        return FitInterrupted(self.dir, rnd, f"interrupted; rerun with --resume to continue{what}; "
-                                            f"checkpoints in {self.dir}")
-
-
-def _fit_hash(fit) -> str:
-    return fit.info["state_hash"]
-
-
-def _world_objects(cats, locs, active) -> list:
-    """Per video ``[(category index, [x, y, z]), ...]`` from (V, K) structure tensors."""
-    out = []
-    for v in range(active.shape[0]):
-        ks = active[v].nonzero().reshape(-1).tolist()
-        out.append([(int(cats[v, k]), [float(x) for x in locs[v, k]]) for k in ks])
-    return out
-
-
-def _V_params(values: dict) -> dict:
-    keys = ("rates", "hallucination", "pixel_scale", "mark_real", "mark_hall", "half_fov")
-    return {k: values[k].detach().clone() for k in keys if k in values}
-
-
-def _meta_json(P, values: dict) -> dict:
-    out = P.params_to_json(values)
-    out["field_of_view_deg"] = math.degrees(2 * float(values["half_fov"]))
-    return out
-
-
-@dataclasses.dataclass
-class _EMFits:
-    """What the EM fit(s) of :func:`_fit_em` give the rest of ``evaluate``."""
-
-    objects: list          # per video: [(category, [x, y, z]), ...]
-    learned: dict          # the learned V, pixel noise, marks, field of view
-    info: dict             # {"fits": [per fit: mode, rounds, history, ...]}
-    fits: list             # the VideoFitResult(s)
-    index_sets: list       # the videos of each fit (positions in the file)
-    resp: Optional[torch.Tensor] = None   # (V, T, D, K + 1) when one fit covers every video
-
-
-def _fit_em(P, data, videos, learn_on, progress, kw, units=None) -> _EMFits:
-    """EM fit(s): V learned on all videos, or on split A and then fixed for split B."""
-    V = data["cams"].shape[0]
-    idx_a = [i for i, v in enumerate(videos) if v.index < SPLIT_A_SIZE]
-    idx_b = [i for i, v in enumerate(videos) if v.index >= SPLIT_A_SIZE]
-    if learn_on == "all" or not idx_b:
-        if learn_on == "train" and not idx_a:
-            raise DataError("--learn-on train needs videos 1-50 (split A) to learn V on")
-        fit = _fit(P, data, "learn", progress, "EM fit (V learned on all videos)", units=units, name="em_learn_all",
-                   **kw)
-        return _EMFits(fit.objects(), _V_params(fit.values), {"fits": [_fit_info(fit)]}, [fit], [list(range(V))],
-                       fit.resp)
-    if not idx_a:
-        raise DataError("--learn-on train needs videos 1-50 (split A) to learn V on")
-    P_ = P
-    fit_a = _fit(P_, P_.select_videos(data, idx_a), "learn", progress, "EM fit, split A (V learned)", units=units,
-                 name="em_learn_A", **kw)
-    params = _V_params(fit_a.values)
-    fit_b = _fit(P_, P_.select_videos(data, idx_b), "fixed", progress, "EM fit, split B (V fixed)", params=params,
-                 units=units, name="em_fixed_B", **kw)
-    objs = [None] * V
-    for fit, idx in ((fit_a, idx_a), (fit_b, idx_b)):
-        for i, o in zip(idx, fit.objects()):
-            objs[i] = o
-    return _EMFits(objs, params, {"fits": [_fit_info(fit_a), _fit_info(fit_b)]}, [fit_a, fit_b], [idx_a, idx_b])
-
-
-def _fit_info(fit) -> dict:
-    return {"mode": fit.mode, "num_videos": fit.info["num_videos"], "num_objects": int(fit.active.sum()),
-            "rounds": fit.n_rounds, "em_iterations": fit.n_iter, "births": fit.births, "deaths": fit.deaths,
-            "converged": fit.converged, "field_of_view_deg": math.degrees(2 * float(fit.values["half_fov"])),
-            "history": fit.history}
-
-
-def _fit_svi(P, data, fits, index_sets, V, seed, steps, lr, progress, units=None):
-    """SVI-MAP on the same model, structure from EM (see the module docstring); one unit per EM fit."""
-    objs = [None] * V
-    infos = []
-    for i, (fit, idx) in enumerate(zip(fits, index_sets)):
-        def run(fit=fit, idx=idx):
-            return _svi_one(P, data, fit, idx, seed, steps, lr, progress)
-
-        if units is None:
-            part, info = run()
-        else:
-            part, info = units.compute(f"svi_{i}", {"seed": seed, "svi_steps": steps, "svi_lr": lr, "videos": idx,
-                                                    "em_fit": _fit_hash(fit)}, run)
-        for j, o in zip(idx, part):
-            objs[j] = o
-        infos.append(info)
-    return objs, infos
-
-
-def _svi_one(P, data, fit, idx, seed, steps, lr, progress):
-    """SVI-MAP for the videos ``idx`` of one EM fit: ``(objects per video, info)``."""
-    sub = P.select_videos(data, idx)
-    cats, active, _, birth = P.compact_structure(fit)
-    K = cats.shape[1]
-    opts = {"cats": cats, "active": active, "half_fov": float(fit.values["half_fov"])}
-    init = dict(P.prior_params(dtype=sub["centers"].dtype))
-    if fit.mode == "fixed":
-        opts.update({k: fit.values[k] for k in ("rates", "hallucination", "pixel_scale", "mark_real",
-                                                "mark_hall")})
-        init = {}
-    init["locs"] = birth
-    t0 = time.perf_counter()
-    res = fit_svi(P, sub, K, guide="delta", num_steps=steps, lr=lr, seed=seed, init=init, options=opts,
-                  progress=progress)
-    locs = res.params["locs"]
-    part = _world_objects(cats, locs, active)
-    em_values = {k: v for k, v in fit.values.items() if k in res.params}
-    em_values["locs"] = P.compact_structure(fit)[2]
-
-    em_lj = EnumeratedModel(P.model, sub, K, opts).estep(em_values, need_weights=False).log_joint
-    info = {"num_videos": len(idx), "steps": steps, "lr": lr, "final_elbo": res.trace[-1],
-            "log_joint": res.log_joint, "em_log_joint_same_structure": em_lj,
-            "converged": res.converged, "wall_time_s": time.perf_counter() - t0,
-            "V": {k: res.params[k].tolist() for k in ("rates", "hallucination", "pixel_scale")
-                  if k in res.params}}
-    return part, info
-
-
-def _fit_mcmc(P, data, fits, index_sets, objs_em, chosen, seed, samples, warmup, progress, units=None):
-    objs = [list(o) for o in objs_em]
-    where = {}
-    for f, idx in zip(fits, index_sets):
-        for pos, j in enumerate(idx):
-            where[j] = (f, pos)
-    infos = []
-    bar = _bar(len(chosen), "MCMC (NUTS)", progress)
-    for j in chosen:
-        fit, pos = where[j]
-
-        def run(fit=fit, pos=pos, j=j):
-            sub = P.select_videos(data, [j])
-            values = dict(fit.values)
-            values["locs"] = fit.values["locs"][pos:pos + 1]
-            r = P.nuts_locations(sub, values, fit.cats[pos:pos + 1], fit.active[pos:pos + 1], num_samples=samples,
-                                 warmup_steps=warmup, seed=seed + j)
-            ks = fit.active[pos].nonzero().reshape(-1).tolist()
-            obj = [(int(fit.cats[pos, k]), [float(x) for x in r["mean"][i]]) for i, k in enumerate(ks)]
-            sd = r["samples"].std(0) if r["samples"].shape[0] > 1 else torch.zeros_like(r["mean"])
-            return obj, {"video": j, "num_objects": len(ks), "divergences": r["divergences"],
-                         "accept_prob": r["accept_prob"], "posterior_sd": sd.tolist(),
-                         "wall_time_s": r["wall_time_s"]}
-
-        if units is None:
-            objs[j], info = run()
-        else:
-            objs[j], info = units.compute(f"mcmc_video_{j}", {"seed": seed, "mcmc_samples": samples,
-                                                              "mcmc_warmup": warmup, "em_fit": _fit_hash(fit)}, run)
-        infos.append(info)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return objs, infos
-
-
 # --------------------------------------------------------------------------- scoring
 def _score_objects(videos, objs, metric, progress=False, desc="scoring") -> np.ndarray:
     out = np.empty(len(videos))
-    bar = _bar(len(videos), desc, progress)
+    bar = progress_bar(len(videos), desc, progress)
     for i, (v, o) in enumerate(zip(videos, objs)):
         cats = [c for c, _ in o]
         pos = torch.tensor([p for _, p in o], dtype=v.cams.dtype).reshape(-1, 3)
@@ -445,7 +191,7 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
     if resume and not checkpoint:
         raise MetagenError("resume=True needs checkpoint=True (the units of the earlier run are in "
                            "OUT/checkpoints/)")
-    units = _Units(out_dir, bool(checkpoint), bool(resume), None)
+    units = Units(out_dir, bool(checkpoint), bool(resume), None)
     args = (data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V, max_objects,
             svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log, units)
     previous = None
@@ -528,7 +274,7 @@ def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesio
     # ---- our method
     t0 = time.perf_counter()
     fit_kw = {"max_objects": max_objects}
-    em = _fit_em(P, data, videos, learn_on, progress, fit_kw, units)
+    em = fit_em_units(P, data, videos, learn_on, progress, fit_kw, units)
     objs_em, learned, fit_info, fits, index_sets, resp_all = (em.objects, em.learned, em.info, em.fits,
                                                               em.index_sets, em.resp)
     timings["em_fit_s"] = time.perf_counter() - t0
@@ -536,14 +282,14 @@ def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesio
     objs = objs_em
     if method == "svi":
         t1 = time.perf_counter()
-        objs, method_info["svi"] = _fit_svi(P, data, fits, index_sets, V, seed, svi_steps, svi_lr, progress,
+        objs, method_info["svi"] = fit_svi_units(P, data, fits, index_sets, V, seed, svi_steps, svi_lr, progress,
                                             units)
         timings["svi_fit_s"] = time.perf_counter() - t1
     chosen = []
     if method == "mcmc":
         t1 = time.perf_counter()
         chosen = _plot_indices(mcmc_videos, V)
-        objs, method_info["mcmc"] = _fit_mcmc(P, data, fits, index_sets, objs_em, chosen, seed, mcmc_samples,
+        objs, method_info["mcmc"] = fit_mcmc_units(P, data, fits, index_sets, objs_em, chosen, seed, mcmc_samples,
                                               mcmc_warmup, progress, units)
         timings["mcmc_fit_s"] = time.perf_counter() - t1
     per_video = {}
@@ -562,22 +308,22 @@ def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesio
     atomic_write_json(os.path.join(out_dir, "world_states.json"), world)
 
     # ---- lesioned model and ground-truth V
-    meta = {"method": method, "learn_on": learn_on, "learned": _meta_json(P, learned),
+    meta = {"method": method, "learn_on": learn_on, "learned": meta_json(P, learned),
             "learned_on": "all videos" if learn_on == "all" else "videos 1-50 (split A)"}
     objs_les = None
     if lesioned:
         t1 = time.perf_counter()
-        fit_les = _fit(P, data, "lesioned", progress, "lesioned model (V at its prior)", units=units, name="lesioned",
+        fit_les = fit_unit(P, data, "lesioned", progress, "lesioned model (V at its prior)", units=units, name="lesioned",
                        max_objects=max_objects)
         objs_les = fit_les.objects()
-        meta["lesioned"] = _meta_json(P, fit_les.values)
+        meta["lesioned"] = meta_json(P, fit_les.values)
         timings["lesioned_fit_s"] = time.perf_counter() - t1
     if has_gt and ground_truth_V:
         t1 = time.perf_counter()
         b = batch_videos(videos)
-        fit_gt = _fit(P, data, "truth", progress, "V from the ground truth", units=units, name="ground_truth",
+        fit_gt = fit_unit(P, data, "truth", progress, "V from the ground truth", units=units, name="ground_truth",
                       truth=(b.gt_categories, b.gt_positions, b.gt_mask))
-        meta["ground_truth"] = _meta_json(P, fit_gt.values)
+        meta["ground_truth"] = meta_json(P, fit_gt.values)
         meta["ground_truth_note"] = ("EM with every object fixed at its true category and position: V, sigma_px, "
                                      "marks and field of view learned from the detections given the truth")
         meta["V_table"] = {c: {"r_learned": meta["learned"]["detection_rate"][c],
