@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import io
+import json
 import os
 import re
 import subprocess
@@ -101,12 +102,16 @@ def _imports(module: str):
             yield node, names
 
 
+#: ``{module: [(import node, [absolute imported names])]}``
+IMPORTS = {module: list(_imports(module)) for module in MODULES}
+
+
 def _import_graph() -> dict:
     """``{module: {imported project module: first line}}`` (edges to project modules only)."""
     graph = {}
     for module in MODULES:
         edges = {}
-        for node, names in _imports(module):
+        for node, names in IMPORTS[module]:
             for name in names:
                 target = _project_target(name)
                 if target is not None and target != module:
@@ -183,7 +188,7 @@ def test_no_source_imports_the_top_level_models_package():
     from the repository root."""
     bad = []
     for module in MODULES:
-        for node, names in _imports(module):
+        for node, names in IMPORTS[module]:
             if isinstance(node, ast.ImportFrom) and node.level:
                 continue
             for name in names:
@@ -246,13 +251,14 @@ def _is_project_import(module: str, node) -> bool:
 def test_project_imports_are_at_module_level_only():
     bad = []
     for module, tree in TREES.items():
-        for fn in ast.walk(tree):
-            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-                continue
-            for node in ast.walk(fn):
-                if isinstance(node, (ast.Import, ast.ImportFrom)) and _is_project_import(module, node):
-                    bad.append(f"  {_rel(MODULES[module][0])}:{node.lineno} in {fn.name}(): "
-                               f"{ast.unparse(node)}")
+        project = [node for node, _ in IMPORTS[module] if _is_project_import(module, node)]
+        if not project:
+            continue
+        functions = [fn for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for node in project:
+            inside = [fn.name for fn in functions if fn.lineno <= node.lineno <= fn.end_lineno]
+            if inside:
+                bad.append(f"  {_rel(MODULES[module][0])}:{node.lineno} in {inside[-1]}(): {ast.unparse(node)}")
     bad = sorted(set(bad))
     assert not bad, "imports of project modules inside functions (move them to module level):\n" + "\n".join(bad)
 
@@ -260,14 +266,15 @@ def test_project_imports_are_at_module_level_only():
 # --------------------------------------------------------------------------- e. the installed layout
 def test_installed_layout_from_outside_the_repository(tmp_path):
     code = textwrap.dedent("""
-        import importlib, json, sys
-        out = {"cwd_on_path": any(p in ("", ".") for p in sys.path)}
+        import json, sys
+        out = {"root_on_path": [p for p in sys.path if p and __import__("os").path.isdir(p + "/models")
+                                and __import__("os").path.isfile(p + "/pyproject.toml")]}
         import metagen_ppl.models.baseline as b
         out["baseline"] = b.__name__
         try:
             import models
             out["models"] = "imported from " + str(getattr(models, "__file__", None))
-        except ModuleNotFoundError as e:
+        except ModuleNotFoundError:
             out["models"] = "ModuleNotFoundError"
         import metagen_ppl.engine.registry as r
         out["builtin"] = r.builtin_models()
@@ -277,9 +284,8 @@ def test_installed_layout_from_outside_the_repository(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    import json
-
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not out["root_on_path"], f"the repository root is on sys.path: {out['root_on_path']}"
     assert out["baseline"] == "metagen_ppl.models.baseline"
     assert out["models"] == "ModuleNotFoundError", out["models"]
     assert out["builtin"] == ["baseline", "categorical", "detector", "projective"]
@@ -367,18 +373,9 @@ def _convergence_tests() -> set:
     found = set()
     for module, tree in TREES.items():
         path = MODULES[module][0]
-        parents = {}
-        for node in ast.walk(tree):
-            for child in ast.iter_child_nodes(node):
-                parents[child] = node
-
-        def where(node):
-            while node in parents:
-                node = parents[node]
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    return node.name
-            return "<module>"
-
+        src = path.read_text(encoding="utf-8")
+        if "tol" not in src.lower():
+            continue
         for node in ast.walk(tree):
             hit = False
             if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
@@ -391,8 +388,8 @@ def _convergence_tests() -> set:
                             and any("tol" in n.lower() for n in _names(c)) for c in node.comparators):
                 hit = True  # |a - b| <= tol * (scale): a relative test (an absolute |a - b| > TOL is not)
             if hit:
-                found.add((_rel(path), where(node)))
-        for i, line in enumerate(_code_without_strings(path.read_text(encoding="utf-8")).splitlines(), 1):
+                found.add((_rel(path), where_line(tree, node.lineno)))
+        for i, line in enumerate(_code_without_strings(src).splitlines(), 1):
             if _TOL_TIMES_MAX.search(line):
                 found.add((_rel(path), where_line(tree, i)))
     return found

@@ -81,12 +81,11 @@ import torch
 from metagen_ppl.domain.metagen_data import batch_videos, CATEGORIES, load_videos
 from metagen_ppl.domain.metrics import detector_baselines, split_means, world_state_frame_scores
 from metagen_ppl.apps.video_fits import (Units, fit_em_units, fit_mcmc_units, fit_svi_units, fit_unit, meta_json,
-                                         progress_bar)
+                                         progress_bar, video_model)
 from metagen_ppl.engine.checkpoint import Checkpoint, CheckpointError, hash_file, hash_tensors
 from metagen_ppl.errors import DataError, MetagenError
 from metagen_ppl.io import atomic_write_json, load_json
 from metagen_ppl.apps.plots import plot_video
-from metagen_ppl.models import projective
 
 __all__ = ["evaluate", "METHODS", "LEARN_ON"]
 
@@ -137,7 +136,7 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
              plots: int = 3, lesioned: bool = True, ground_truth_V: bool = True, max_objects: int = 8,
              svi_steps: int = 300, svi_lr: float = 0.01, mcmc_videos: int = 3, mcmc_samples: int = 100,
              mcmc_warmup: int = 100, log=None, num_threads: Optional[int] = 1, checkpoint: bool = True,
-             resume: bool = False) -> dict:
+             resume: bool = False, model="projective") -> dict:
     """Fit every video of a MetaGen detection file and write world states, V and metrics.
 
     Parameters
@@ -161,6 +160,10 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
         Object slots per video of the structure search.
     svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup :
         Budgets of the SVI and MCMC methods.
+    model : str or path
+        The video model: ``"projective"`` (default) or a ``.py`` file of a variant of it (its module
+        has the functions of :data:`metagen_ppl.apps.video_fits.VIDEO_MODEL_HOOKS`, e.g. by
+        ``from metagen_ppl.models.projective import *``, and may set ``DEFAULT_OPTIONS``).
     log : callable, optional
         Receives one-line status messages.
     num_threads : int or None
@@ -191,9 +194,12 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
     if resume and not checkpoint:
         raise MetagenError("resume=True needs checkpoint=True (the units of the earlier run are in "
                            "OUT/checkpoints/)")
+    spec = video_model(model)
     units = Units(out_dir, bool(checkpoint), bool(resume), None)
-    args = (data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V, max_objects,
-            svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log, units)
+    settings = dict(data_path=data_path, out_dir=out_dir, method=method, learn_on=learn_on, seed=seed,
+                    progress=progress, plots=plots, lesioned=lesioned, ground_truth_V=ground_truth_V,
+                    max_objects=max_objects, svi_steps=svi_steps, svi_lr=svi_lr, mcmc_videos=mcmc_videos,
+                    mcmc_samples=mcmc_samples, mcmc_warmup=mcmc_warmup, log=log)
     previous = None
     if num_threads is not None:
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
@@ -201,7 +207,7 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
         previous = torch.get_num_threads()
         torch.set_num_threads(num_threads)
     try:
-        return _evaluate(*args)
+        return _evaluate(spec, units, **settings)
     except KeyboardInterrupt as e:
         raise units.interrupted(e) from e
     except CheckpointError as e:
@@ -215,8 +221,8 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
             torch.set_num_threads(previous)
 
 
-def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V, max_objects,
-              svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log, units) -> dict:
+def _evaluate(spec, units, *, data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V,
+              max_objects, svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log) -> dict:
     t_start = time.perf_counter()
     if method not in METHODS:
         raise MetagenError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -233,7 +239,6 @@ def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesio
         raise DataError(f"output directory {os.fspath(out_dir)!r} is an existing file; give a directory")
     say = log or (lambda m: None)
 
-    P = projective
     videos = load_videos(data_path)
     if not any(v.has_detections for v in videos):
         raise DataError(f"{os.fspath(data_path)!r} has no 'detections' in its frames; evaluate needs a "
@@ -244,7 +249,7 @@ def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesio
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create output directory {os.fspath(out_dir)!r}: {e.strerror or e}") from None
-    data = P.data_from_videos(videos)
+    data = spec.module.data_from_videos(videos)
     V = len(videos)
     timings = {}
 
@@ -252,7 +257,8 @@ def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesio
     marker = None
     if units.dir is not None:
         marker = Checkpoint(os.path.join(units.dir, "evaluate.json"), "evaluate", hash_file(data_path),
-                            {"method": method, "learn_on": learn_on, "seed": seed, "plots": plots,
+                            {"model": spec.name, "model_options": repr(spec.default_options),
+                             "method": method, "learn_on": learn_on, "seed": seed, "plots": plots,
                              "lesioned": lesioned, "ground_truth_V": ground_truth_V, "max_objects": max_objects,
                              "svi_steps": svi_steps, "svi_lr": svi_lr, "mcmc_videos": mcmc_videos,
                              "mcmc_samples": mcmc_samples, "mcmc_warmup": mcmc_warmup})
@@ -274,7 +280,7 @@ def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesio
     # ---- our method
     t0 = time.perf_counter()
     fit_kw = {"max_objects": max_objects}
-    em = fit_em_units(P, data, videos, learn_on, progress, fit_kw, units)
+    em = fit_em_units(spec, data, videos, learn_on, progress, fit_kw, units)
     objs_em, learned, fit_info, fits, index_sets, resp_all = (em.objects, em.learned, em.info, em.fits,
                                                               em.index_sets, em.resp)
     timings["em_fit_s"] = time.perf_counter() - t0
@@ -282,14 +288,14 @@ def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesio
     objs = objs_em
     if method == "svi":
         t1 = time.perf_counter()
-        objs, method_info["svi"] = fit_svi_units(P, data, fits, index_sets, V, seed, svi_steps, svi_lr, progress,
+        objs, method_info["svi"] = fit_svi_units(spec, data, fits, index_sets, V, seed, svi_steps, svi_lr, progress,
                                             units)
         timings["svi_fit_s"] = time.perf_counter() - t1
     chosen = []
     if method == "mcmc":
         t1 = time.perf_counter()
         chosen = _plot_indices(mcmc_videos, V)
-        objs, method_info["mcmc"] = fit_mcmc_units(P, data, fits, index_sets, objs_em, chosen, seed, mcmc_samples,
+        objs, method_info["mcmc"] = fit_mcmc_units(spec, data, fits, index_sets, objs_em, chosen, seed, mcmc_samples,
                                               mcmc_warmup, progress, units)
         timings["mcmc_fit_s"] = time.perf_counter() - t1
     per_video = {}
@@ -308,22 +314,22 @@ def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesio
     atomic_write_json(os.path.join(out_dir, "world_states.json"), world)
 
     # ---- lesioned model and ground-truth V
-    meta = {"method": method, "learn_on": learn_on, "learned": meta_json(P, learned),
+    meta = {"method": method, "learn_on": learn_on, "learned": meta_json(spec, learned),
             "learned_on": "all videos" if learn_on == "all" else "videos 1-50 (split A)"}
     objs_les = None
     if lesioned:
         t1 = time.perf_counter()
-        fit_les = fit_unit(P, data, "lesioned", progress, "lesioned model (V at its prior)", units=units, name="lesioned",
+        fit_les = fit_unit(spec, data, "lesioned", progress, "lesioned model (V at its prior)", units=units, name="lesioned",
                        max_objects=max_objects)
         objs_les = fit_les.objects()
-        meta["lesioned"] = meta_json(P, fit_les.values)
+        meta["lesioned"] = meta_json(spec, fit_les.values)
         timings["lesioned_fit_s"] = time.perf_counter() - t1
     if has_gt and ground_truth_V:
         t1 = time.perf_counter()
         b = batch_videos(videos)
-        fit_gt = fit_unit(P, data, "truth", progress, "V from the ground truth", units=units, name="ground_truth",
+        fit_gt = fit_unit(spec, data, "truth", progress, "V from the ground truth", units=units, name="ground_truth",
                       truth=(b.gt_categories, b.gt_positions, b.gt_mask))
-        meta["ground_truth"] = meta_json(P, fit_gt.values)
+        meta["ground_truth"] = meta_json(spec, fit_gt.values)
         meta["ground_truth_note"] = ("EM with every object fixed at its true category and position: V, sigma_px, "
                                      "marks and field of view learned from the detections given the truth")
         meta["V_table"] = {c: {"r_learned": meta["learned"]["detection_rate"][c],
@@ -339,7 +345,7 @@ def _evaluate(data_path, out_dir, method, learn_on, seed, progress, plots, lesio
 
     # ---- metrics
 
-    metrics = {"data": os.fspath(data_path), "method": method, "learn_on": learn_on, "seed": seed,
+    metrics = {"data": os.fspath(data_path), "model": spec.name, "method": method, "learn_on": learn_on, "seed": seed,
                "num_videos": V, "split_A": "videos 1-50 (file positions 0-49)",
                "split_B": "videos 51-100 (file positions 50-99)"}
     if has_gt:

@@ -2,8 +2,8 @@
 
 EM (the structure search of the video model, V learned on all videos or on
 split A), SVI-MAP and NUTS on the same model; each a unit of work with its
-checkpoint in ``OUT/checkpoints/`` (:class:`Units`). ``P`` is the video model
-module (the ``projective`` model or a user's variant of it).
+checkpoint in ``OUT/checkpoints/`` (:class:`Units`). ``spec`` is the video
+model (:func:`video_model`: the ``projective`` model or a user's variant of it).
 """
 
 from __future__ import annotations
@@ -21,8 +21,26 @@ from tqdm.auto import tqdm
 from metagen_ppl.domain.metagen_data import SPLIT_A_SIZE
 from metagen_ppl.engine.checkpoint import Checkpoint, FitInterrupted
 from metagen_ppl.engine.enumeration import EnumeratedModel
+from metagen_ppl.engine.registry import ModelSpec, load_model
 from metagen_ppl.engine.svi import fit_svi
-from metagen_ppl.errors import DataError
+from metagen_ppl.errors import DataError, ModelError
+
+
+#: What a video model module provides to ``evaluate`` (the ``projective`` model's functions; a variant
+#: gets them with ``from metagen_ppl.models.projective import *``).
+VIDEO_MODEL_HOOKS = ("data_from_videos", "fit_videos", "select_videos", "compact_structure", "params_to_json",
+                     "prior_params", "nuts_locations")
+
+
+def video_model(model="projective") -> ModelSpec:
+    """The model ``evaluate`` fits: a built-in name or a ``.py`` file whose module has :data:`VIDEO_MODEL_HOOKS`."""
+    spec = load_model(model)
+    missing = [h for h in VIDEO_MODEL_HOOKS if not callable(getattr(spec.module, h, None))]
+    if missing:
+        raise ModelError(f"model {spec.name!r} cannot be evaluated on videos: it lacks {', '.join(missing)}; a "
+                         "variant of the projective model gets them with `from metagen_ppl.models.projective "
+                         "import *` and overrides what it changes")
+    return spec
 
 
 def progress_bar(total, desc, enabled, unit="video"):
@@ -32,7 +50,7 @@ def progress_bar(total, desc, enabled, unit="video"):
     return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)
 
 
-def fit_unit(P, data, mode, progress, desc, params=None, truth=None, units=None, name=None, **kw):
+def fit_unit(spec, data, mode, progress, desc, params=None, truth=None, units=None, name=None, **kw):
     if units is not None:
         kw.update(units.fit_kwargs(name))
     bar = progress_bar(data["cams"].shape[0], desc, progress)
@@ -45,7 +63,8 @@ def fit_unit(P, data, mode, progress, desc, params=None, truth=None, units=None,
             bar.set_postfix(round=info["round"], objects=info["objects"])
 
     try:
-        fit = P.fit_videos(data, mode=mode, params=params, truth=truth, progress=cb, **kw)
+        fit = spec.module.fit_videos(data, mode=mode, params=params, truth=truth, progress=cb,
+                                     **dict(spec.default_options, **kw))
     finally:
         if bar is not None:
             bar.update(bar.total - state["n"])
@@ -137,8 +156,8 @@ def V_params(values: dict) -> dict:
     return {k: values[k].detach().clone() for k in keys if k in values}
 
 
-def meta_json(P, values: dict) -> dict:
-    out = P.params_to_json(values)
+def meta_json(spec, values: dict) -> dict:
+    out = spec.module.params_to_json(values)
     out["field_of_view_deg"] = math.degrees(2 * float(values["half_fov"]))
     return out
 
@@ -155,7 +174,7 @@ class EMFits:
     resp: Optional[torch.Tensor] = None   # (V, T, D, K + 1) when one fit covers every video
 
 
-def fit_em_units(P, data, videos, learn_on, progress, kw, units=None) -> EMFits:
+def fit_em_units(spec, data, videos, learn_on, progress, kw, units=None) -> EMFits:
     """EM fit(s): V learned on all videos, or on split A and then fixed for split B."""
     V = data["cams"].shape[0]
     idx_a = [i for i, v in enumerate(videos) if v.index < SPLIT_A_SIZE]
@@ -163,17 +182,17 @@ def fit_em_units(P, data, videos, learn_on, progress, kw, units=None) -> EMFits:
     if learn_on == "all" or not idx_b:
         if learn_on == "train" and not idx_a:
             raise DataError("--learn-on train needs videos 1-50 (split A) to learn V on")
-        fit = fit_unit(P, data, "learn", progress, "EM fit (V learned on all videos)", units=units, name="em_learn_all",
+        fit = fit_unit(spec, data, "learn", progress, "EM fit (V learned on all videos)", units=units,
+                       name="em_learn_all",
                    **kw)
         return EMFits(fit.objects(), V_params(fit.values), {"fits": [fit_info(fit)]}, [fit], [list(range(V))],
                        fit.resp)
     if not idx_a:
         raise DataError("--learn-on train needs videos 1-50 (split A) to learn V on")
-    P_ = P
-    fit_a = fit_unit(P_, P_.select_videos(data, idx_a), "learn", progress, "EM fit, split A (V learned)", units=units,
+    fit_a = fit_unit(spec, spec.module.select_videos(data, idx_a), "learn", progress, "EM fit, split A (V learned)", units=units,
                  name="em_learn_A", **kw)
     params = V_params(fit_a.values)
-    fit_b = fit_unit(P_, P_.select_videos(data, idx_b), "fixed", progress, "EM fit, split B (V fixed)", params=params,
+    fit_b = fit_unit(spec, spec.module.select_videos(data, idx_b), "fixed", progress, "EM fit, split B (V fixed)", params=params,
                  units=units, name="em_fixed_B", **kw)
     objs = [None] * V
     for fit, idx in ((fit_a, idx_a), (fit_b, idx_b)):
@@ -189,13 +208,13 @@ def fit_info(fit) -> dict:
             "history": fit.history}
 
 
-def fit_svi_units(P, data, fits, index_sets, V, seed, steps, lr, progress, units=None):
+def fit_svi_units(spec, data, fits, index_sets, V, seed, steps, lr, progress, units=None):
     """SVI-MAP on the same model, structure from EM (see the module docstring); one unit per EM fit."""
     objs = [None] * V
     infos = []
     for i, (fit, idx) in enumerate(zip(fits, index_sets)):
         def run(fit=fit, idx=idx):
-            return svi_one(P, data, fit, idx, seed, steps, lr, progress)
+            return svi_one(spec, data, fit, idx, seed, steps, lr, progress)
 
         if units is None:
             part, info = run()
@@ -208,27 +227,28 @@ def fit_svi_units(P, data, fits, index_sets, V, seed, steps, lr, progress, units
     return objs, infos
 
 
-def svi_one(P, data, fit, idx, seed, steps, lr, progress):
+def svi_one(spec, data, fit, idx, seed, steps, lr, progress):
     """SVI-MAP for the videos ``idx`` of one EM fit: ``(objects per video, info)``."""
-    sub = P.select_videos(data, idx)
-    cats, active, _, birth = P.compact_structure(fit)
+    sub = spec.module.select_videos(data, idx)
+    cats, active, _, birth = spec.module.compact_structure(fit)
     K = cats.shape[1]
     opts = {"cats": cats, "active": active, "half_fov": float(fit.values["half_fov"])}
-    init = dict(P.prior_params(dtype=sub["centers"].dtype))
+    init = dict(spec.module.prior_params(dtype=sub["centers"].dtype))
     if fit.mode == "fixed":
         opts.update({k: fit.values[k] for k in ("rates", "hallucination", "pixel_scale", "mark_real",
                                                 "mark_hall")})
         init = {}
     init["locs"] = birth
     t0 = time.perf_counter()
-    res = fit_svi(P, sub, K, guide="delta", num_steps=steps, lr=lr, seed=seed, init=init, options=opts,
+    res = fit_svi(spec, sub, K, guide="delta", num_steps=steps, lr=lr, seed=seed, init=init, options=opts,
                   progress=progress)
     locs = res.params["locs"]
     part = world_objects(cats, locs, active)
     em_values = {k: v for k, v in fit.values.items() if k in res.params}
-    em_values["locs"] = P.compact_structure(fit)[2]
+    em_values["locs"] = spec.module.compact_structure(fit)[2]
 
-    em_lj = EnumeratedModel(P.model, sub, K, opts).estep(em_values, need_weights=False).log_joint
+    em = EnumeratedModel(spec.model, sub, K, dict(spec.default_options, **opts))
+    em_lj = em.estep(em_values, need_weights=False).log_joint
     info = {"num_videos": len(idx), "steps": steps, "lr": lr, "final_elbo": res.trace[-1],
             "log_joint": res.log_joint, "em_log_joint_same_structure": em_lj,
             "converged": res.converged, "wall_time_s": time.perf_counter() - t0,
@@ -237,7 +257,7 @@ def svi_one(P, data, fit, idx, seed, steps, lr, progress):
     return part, info
 
 
-def fit_mcmc_units(P, data, fits, index_sets, objs_em, chosen, seed, samples, warmup, progress, units=None):
+def fit_mcmc_units(spec, data, fits, index_sets, objs_em, chosen, seed, samples, warmup, progress, units=None):
     objs = [list(o) for o in objs_em]
     where = {}
     for f, idx in zip(fits, index_sets):
@@ -249,10 +269,11 @@ def fit_mcmc_units(P, data, fits, index_sets, objs_em, chosen, seed, samples, wa
         fit, pos = where[j]
 
         def run(fit=fit, pos=pos, j=j):
-            sub = P.select_videos(data, [j])
+            sub = spec.module.select_videos(data, [j])
             values = dict(fit.values)
             values["locs"] = fit.values["locs"][pos:pos + 1]
-            r = P.nuts_locations(sub, values, fit.cats[pos:pos + 1], fit.active[pos:pos + 1], num_samples=samples,
+            r = spec.module.nuts_locations(sub, values, fit.cats[pos:pos + 1], fit.active[pos:pos + 1],
+                                           **spec.default_options, num_samples=samples,
                                  warmup_steps=warmup, seed=seed + j)
             ks = fit.active[pos].nonzero().reshape(-1).tolist()
             obj = [(int(fit.cats[pos, k]), [float(x) for x in r["mean"][i]]) for i, k in enumerate(ks)]

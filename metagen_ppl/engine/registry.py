@@ -75,6 +75,7 @@ class ModelSpec:
     data_from_json: Optional[Callable] = None
     component_sites: dict = field(default_factory=dict)
     location_site: str = "locs"
+    default_options: dict = field(default_factory=dict)
 
 
 #: Entry-point group of the registered (built-in and third-party) models.
@@ -111,6 +112,7 @@ def _spec_from_module(name: str, module: ModuleType) -> ModelSpec:
         data_from_json=getattr(module, "data_from_json", None),
         component_sites=dict(getattr(module, "COMPONENT_SITES", {})),
         location_site=getattr(module, "LOCATION_SITE", "locs"),
+        default_options=dict(getattr(module, "DEFAULT_OPTIONS", None) or {}),
     )
 
 

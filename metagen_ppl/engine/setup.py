@@ -72,14 +72,15 @@ def bind(spec: ModelSpec, data: dict, num_objects, options: Optional[dict], dtyp
     ``options`` is converted to it first, so the whole fit runs in that
     precision; ``em.data`` holds the converted data (pass it, not ``data``, to
     anything that runs the model). With ``dtype=None`` nothing is converted and
-    the data's dtype rules. ``discrete`` names discrete sites that EM treats as
+    the data's dtype rules. The model's ``DEFAULT_OPTIONS`` are the defaults of ``options``.
+    ``discrete`` names discrete sites that EM treats as
     parameters (see :class:`~metagen_ppl.engine.enumeration.EnumeratedModel`).
     """
     check_data(data)
     check_num_objects(num_objects, data)
     num_objects = int(num_objects)
     check_options(options, num_objects)
-    options = dict(options or {})
+    options = dict(spec.default_options, **(options or {}))
     if dtype is not None:
         dtype = resolve_dtype(dtype)
         data = convert_floats(dict(data), dtype)

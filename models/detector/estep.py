@@ -13,7 +13,8 @@ import torch
 
 from metagen_ppl.domain.metagen_data import CATEGORIES
 from metagen_ppl.engine.enumeration import EStep
-from metagen_ppl.models.detector.generative import _box, _structure, assignment_logits, category_intensity, log_prior
+from metagen_ppl.models.detector.generative import (_box, _structure, assignment_logits, category_intensity,
+                                                    check_inside_box, log_prior)
 
 
 def _values(params, options, dtype):
@@ -83,10 +84,15 @@ def estep(data, params, num_objects, *, cats=None, active=None, num_categories=l
     """The model's E-step hook (see :func:`metagen_ppl.engine.em.run_em`): :func:`scene_log_likelihood`
     as an :class:`~metagen_ppl.engine.enumeration.EStep` (``details["scene_log_likelihood"]``: (S,))."""
     cats, active = _structure(data, num_objects, cats, active)
-    full = dict(params)
-    full.update({k: options[k] for k in ("rates", "hallucination", "scale") if options.get(k) is not None})
-    ll, resp = scene_log_likelihood(data, full, cats, active, num_categories=num_categories, **options)
-    lp = log_prior(data, full, active=active, **options)
+    # a fixed parameter (an option) given in params too takes the params' value, as in the engine's E-step
+    # (which passes such values to the model as its keyword arguments)
+    fixed = {k: params.get(k, options[k]) for k in ("rates", "hallucination", "scale") if options.get(k) is not None}
+    full = dict(params, **fixed)
+    opts = dict(options, **fixed)
+    lo, hi, _ = _box(data)
+    check_inside_box(full["locs"], active, lo, hi)
+    ll, resp = scene_log_likelihood(data, full, cats, active, num_categories=num_categories, **opts)
+    lp = log_prior(data, full, active=active, **opts)
     total = ll.sum()
     return EStep(log_joint=float(total + lp), log_likelihood=float(total), log_prior=float(lp),
                  marginals={"z": resp}, weights={}, details={"scene_log_likelihood": ll})

@@ -192,6 +192,17 @@ def _structure(data, num_objects, cats, active):
                 "searches over structures")
 
 
+def check_inside_box(locs, active, lower, upper) -> None:
+    """The uniform location prior's support: raise :class:`ModelError` (as the engine's E-step does, whose
+    log joint is -inf there) if an active object lies outside ``[lower, upper)``."""
+    outside = (((locs < lower) | (locs >= upper)).any(-1) & active).nonzero()
+    if len(outside):
+        s, k = outside[0].tolist()
+        raise ModelError(f"the log evidence is not finite at the current parameters: object slot {k} of scene {s} "
+                         f"lies outside the box {lower.tolist()}..{upper.tolist()} (prior density 0); start "
+                         "inside it")
+
+
 def _box(data):
     box = data["box"]
     lo, hi = box[0], box[1]

@@ -135,8 +135,7 @@ class BirthProposals:
         gview = _index_views(grp["views"], gp)
         pix, depth, _ = _project_views(mu, gview)                                        # (P,M,2)
         diff = grp["u"][gp] - pix
-        sigma = self.values["pixel_scale"]
-        gauss = -0.5 * (diff * diff).sum(-1) / sigma ** 2 - 2 * torch.log(sigma) - math.log(2 * math.pi)
+        gauss = self.noise.log_density((diff * diff).sum(-1), self.values["pixel_scale"])
         lr = torch.log(self.values["mark_real"])[c[:, None], grp["bin"][gp]]
         ok = grp["mask"][gp] & _inside(pix, depth)
         term = torch.where(ok, torch.log(self.values["rates"])[c][:, None] + gauss + lr,
@@ -166,7 +165,7 @@ class BirthProposals:
         kw = dict(u=grp["u"][gp].unsqueeze(2), views=_index_views(grp["views"], gp), rate=rate,
                   sigma=self.values["pixel_scale"],
                   expo_views=_views(data["cams"][vp], f[vp], right[vp], up[vp], _half(self.values)),
-                  expo_mask=data["frame_mask"][vp])
+                  expo_mask=data["frame_mask"][vp], noise=self.noise)
         zero = torch.zeros((), dtype=self.dtype)
         for _ in range(3):                                                       # local EM on each candidate
             term = self._candidate_terms(gp, mu)

@@ -7,8 +7,6 @@ are equal) in one tensor pass: the model's ``estep`` hook.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from metagen_ppl.domain.metagen_data import CATEGORIES
@@ -16,13 +14,16 @@ from metagen_ppl.engine.enumeration import EStep
 from metagen_ppl.models.projective.generative import (_V_SITES, IMPOSSIBLE, LOG_AREA, _half, _structure,
                                                       assignment_logits, category_intensity, log_prior,
                                                       object_pixels)
+from metagen_ppl.models.detector.generative import check_inside_box
+from metagen_ppl.models.projective.noise import GAUSSIAN, pixel_noise_of
 
 
-def joint_log_terms(data, values, cats, active, num_categories=len(CATEGORIES)):
+def joint_log_terms(data, values, cats, active, num_categories=len(CATEGORIES), noise=GAUSSIAN):
     """``log w_j + log p(u_n | j) + log q_j(b_n)`` per detection and component ``(V, T, D, K + 1)``,
     the frame intensities ``Lambda_vt`` (V, T) and the visibility ``(V, T, K)``.
 
-    ``values`` holds ``locs, rates, hallucination, pixel_scale, mark_real, mark_hall``.
+    ``values`` holds ``locs, rates, hallucination, pixel_scale, mark_real, mark_hall``; ``noise`` is the
+    pixel noise (:mod:`metagen_ppl.models.projective.noise`).
     """
     u = data["centers"]
     o, b = data["categories"], data["score_bins"]
@@ -32,7 +33,7 @@ def joint_log_terms(data, values, cats, active, num_categories=len(CATEGORIES)):
     pix, vis = object_pixels(data, locs, _half(values))                         # (V,T,K,2)
     logits = assignment_logits(data, rates, hall, cats, active, vis)            # (V,T,D,J)
     diff = u.unsqueeze(-2) - pix.unsqueeze(2)                                   # (V,T,D,K,2)
-    gauss = -0.5 * (diff * diff).sum(-1) / sigma ** 2 - 2 * torch.log(sigma) - math.log(2 * math.pi)
+    gauss = noise.log_density((diff * diff).sum(-1), sigma)
     lr = torch.log(values["mark_real"])[o, b]                                   # (V,T,D)
     lh = torch.log(values["mark_hall"])[o, b]
     comp = torch.cat([(lh - LOG_AREA).unsqueeze(-1), gauss + lr.unsqueeze(-1)], -1)
@@ -49,14 +50,14 @@ def frame_terms(data, lam):
     return torch.where(data["frame_mask"], per, torch.zeros((), dtype=lam.dtype)).sum(-1)
 
 
-def video_log_likelihood(data, values, cats, active, num_categories=len(CATEGORIES)):
+def video_log_likelihood(data, values, cats, active, num_categories=len(CATEGORIES), noise=GAUSSIAN):
     """Direct batched E-step: ``log p(x_v | theta, structure)`` per video (V,) and the
     responsibilities ``(V, T, D, K + 1)`` (zero rows for padded detections).
 
     Equals the engine's (:class:`metagen_ppl.engine.enumeration.EnumeratedModel`) log
     likelihood summed over videos, ``-log n!`` included.
     """
-    joint, lam, vis = joint_log_terms(data, values, cats, active, num_categories)
+    joint, lam, vis = joint_log_terms(data, values, cats, active, num_categories, noise)
     mask = data["det_mask"]
     zero = torch.zeros((), dtype=joint.dtype)
     lse = joint.logsumexp(-1)
@@ -77,12 +78,14 @@ def estep(data, params, num_objects, *, cats=None, active=None, num_categories=l
     for k in _V_SITES + ("locs", "half_fov"):
         if options.get(k) is not None and k not in values:
             values[k] = torch.as_tensor(options[k], dtype=data["centers"].dtype)
-    joint, lam, vis = joint_log_terms(data, values, cats, active, num_categories)
+    joint, lam, vis = joint_log_terms(data, values, cats, active, num_categories, pixel_noise_of(options))
     mask = data["det_mask"]
     zero = torch.zeros((), dtype=joint.dtype)
     lse = torch.where(mask, joint.logsumexp(-1), zero)
     resp = torch.where(mask.unsqueeze(-1), (joint - lse.unsqueeze(-1)).exp(), zero)
     loglik = lse.sum((-1, -2)) + frame_terms(data, lam)
+    if options.get("locs") is None:    # fitted locations: uniform prior on the room (density 0 outside)
+        check_inside_box(values["locs"], active, data["box"][0], data["box"][1])
     learned = {k for k in _V_SITES if options.get(k) is None}
     # the uniform location prior counts only where the locations are fitted (a site of the model)
     located = active if options.get("locs") is None else torch.zeros_like(active)

@@ -143,6 +143,7 @@ from metagen_ppl.domain.metagen_data import CATEGORIES, VideoBatch, batch_videos
 from metagen_ppl.errors import DataError
 from metagen_ppl.models.baseline import scale_prior
 from metagen_ppl.models.detector.generative import check_structure, random_detection_per_slot
+from metagen_ppl.models.projective.noise import GAUSSIAN, pixel_noise_of
 
 
 #: Slots are anchored by category and structure; no (K, D) location site to align.
@@ -291,30 +292,31 @@ class PixelDetection(TorchDistribution):
     arg_constraints = {}
     support = constraints.real_vector
 
-    def __init__(self, loc, scale, is_hall, mask=None, validate_args=None):
+    def __init__(self, loc, scale, is_hall, mask=None, noise=GAUSSIAN, validate_args=None):
         self.loc = loc
         self.scale = torch.as_tensor(scale, dtype=loc.dtype)
         self.is_hall = is_hall
         self.mask_ = mask
+        self.noise = noise
         shapes = [loc.shape[:-1], is_hall.shape] + ([mask.shape] if mask is not None else [])
         super().__init__(torch.broadcast_shapes(*shapes), loc.shape[-1:], validate_args=False)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(PixelDetection, _instance)
-        for k in ("loc", "scale", "is_hall", "mask_"):
+        for k in ("loc", "scale", "is_hall", "mask_", "noise"):
             setattr(new, k, getattr(self, k))
         super(PixelDetection, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
         return new
 
     def sample(self, sample_shape=torch.Size()):
         shape = self._extended_shape(sample_shape)
-        gauss = self.loc + torch.randn(shape, dtype=self.loc.dtype) * self.scale
+        gauss = self.loc + self.noise.sample(shape[:-1], self.scale, self.loc.dtype)
         unif = torch.rand(shape, dtype=self.loc.dtype) * IMAGE_SIZE
         return torch.where(self.is_hall.unsqueeze(-1), unif, gauss)
 
     def log_prob(self, value):
         diff = value - self.loc
-        normal = -0.5 * (diff * diff).sum(-1) / self.scale ** 2 - 2 * torch.log(self.scale) - math.log(2 * math.pi)
+        normal = self.noise.log_density((diff * diff).sum(-1), self.scale)
         out = torch.where(self.is_hall, torch.full((), -LOG_AREA, dtype=normal.dtype), normal)
         if self.mask_ is not None:
             out = torch.where(self.mask_, out, torch.zeros((), dtype=out.dtype))
@@ -362,7 +364,8 @@ def category_intensity(data, rates, hallucination, cats, active, vis, num_catego
 
 
 def model(data, num_objects, *, cats=None, active=None, locs=None, rates=None, hallucination=None,
-          pixel_scale=None, mark_real=None, mark_hall=None, half_fov=None, num_categories=len(CATEGORIES),
+          pixel_scale=None, mark_real=None, mark_hall=None, half_fov=None, pixel_noise=None,
+          num_categories=len(CATEGORIES),
           rate_prior_shape=None, rate_prior_rate=None, hall_prior_shape=None, hall_prior_rate=None,
           scale_prior_shape=None, scale_prior_rate=None, mark_concentration=None, count_prior_p=None):
     """The projective detector model over all videos (see the module docstring).
@@ -389,6 +392,7 @@ def model(data, num_objects, *, cats=None, active=None, locs=None, rates=None, h
     K = int(num_objects)
     C = int(num_categories)
     B = num_bins()
+    noise = pixel_noise_of({"pixel_noise": pixel_noise})
     cats, active = _structure(data, K, cats, active)
     lo, hi, _ = _box(data)
 
@@ -444,7 +448,7 @@ def model(data, num_objects, *, cats=None, active=None, locs=None, rates=None, h
                 z = pyro.sample("z", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
                 loc = Vindex(pix_b)[..., z, :]
                 is_hall = z == 0
-                pyro.sample("u", PixelDetection(loc, pixel_scale, is_hall, mask), obs=data["centers"])
+                pyro.sample("u", PixelDetection(loc, pixel_scale, is_hall, mask, noise), obs=data["centers"])
                 with poutine.mask(mask=mask):
                     pyro.sample("s", dist.Categorical(logits=torch.where(is_hall.unsqueeze(-1), hall, real)),
                                 obs=data["score_bins"])

@@ -10,6 +10,7 @@ from metagen_ppl.domain.camera import IMAGE_SIZE, camera_frame
 from metagen_ppl.domain.metagen_data import CATEGORIES
 from metagen_ppl.models.projective.generative import (HALF_FOV, IMPOSSIBLE, _box, _clamp_box, _half, _opt,
                                                       _structure, num_bins, object_pixels)
+from metagen_ppl.models.projective.noise import GAUSSIAN, pixel_noise_of
 
 
 def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active=None, locs=None, rates=None,
@@ -56,8 +57,8 @@ def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active
     if pixel_scale is None:
         a, b = _opt(options, "scale_prior_shape"), _opt(options, "scale_prior_rate")
         diff = u.unsqueeze(-2) - pix.unsqueeze(2)                               # (V,T,D,K,2)
-        ss = (gk * (diff * diff).sum(-1)).sum()
-        out["pixel_scale"] = ((ss + 2 * b) / (2 * gk.sum() + 2 * a + 1)).sqrt()
+        out["pixel_scale"] = pixel_noise_of(options).scale_mstep(gk, (diff * diff).sum(-1), params["pixel_scale"],
+                                                                 a, b)
     alpha = _opt(options, "mark_concentration")
     flat = (data["categories"] * B + data["score_bins"]).reshape(-1)
     for name, w, given in (("mark_real", gk.sum(-1), mark_real), ("mark_hall", g[..., 0], mark_hall)):
@@ -119,7 +120,7 @@ def _project_views(mu, views, jacobian=False):
                                   views["half"], jacobian, views.get("R"))
 
 
-def location_objective(mu, u, g, views, rate, sigma, expo_views=None, expo_mask=None):
+def location_objective(mu, u, g, views, rate, sigma, expo_views=None, expo_mask=None, noise=GAUSSIAN):
     """The part of Q that depends on object locations, per object.
 
     Batched over objects ``(N, ...)``: ``mu`` (N, 3); ``u`` (N, A, D, 2) the
@@ -129,13 +130,13 @@ def location_objective(mu, u, g, views, rate, sigma, expo_views=None, expo_mask=
     ``expo_views`` / ``expo_mask`` (N, T) the frames whose visibility counts in
     the Poisson exposure (default: ``views`` and ``g``'s frames all real).
 
-    Returns ``(N,)``: ``-sum g |u - P(mu)|^2 / (2 sigma^2) - r_c #visible frames
-    + IMPOSSIBLE * sum_{invisible} g``.
+    Returns ``(N,)``: ``sum g log p(u - P(mu)) - r_c #visible frames + IMPOSSIBLE * sum_{invisible} g``
+    (``log p``: the pixel ``noise`` without its constant terms; Gaussian: ``-|u - P(mu)|^2 / (2 sigma^2)``).
     """
     pix, depth, _ = _project_views(mu, views)
     vis = _inside(pix, depth)
     diff = u - pix.unsqueeze(2)
-    sq = (g * (diff * diff).sum(-1)).sum((-1, -2))
+    fit = noise.expected_log_density(g, (diff * diff).sum(-1), sigma, dim=(-1, -2))
     zero = torch.zeros((), dtype=mu.dtype)
     bad = torch.where(vis, zero, g.sum(-1)).sum(-1) * (-IMPOSSIBLE)
     if expo_views is not None:
@@ -145,28 +146,35 @@ def location_objective(mu, u, g, views, rate, sigma, expo_views=None, expo_mask=
         evis = vis
     if expo_mask is not None:
         evis = evis & expo_mask
-    return -0.5 * sq / sigma ** 2 - rate * evis.to(mu.dtype).sum(-1) - bad
+    return fit - rate * evis.to(mu.dtype).sum(-1) - bad
 
 
 def gauss_newton_locations(mu, u, g, views, rate, sigma, lo, hi, *, expo_views=None, expo_mask=None, iters=8,
-                           damping=1e-3):
+                           damping=1e-3, noise=GAUSSIAN):
     """Maximise :func:`location_objective` for each object by projected Levenberg-Marquardt.
 
     A batched Gauss-Newton on the pixel residuals (the smooth part of Q),
     with per-object damping; a step is kept only where it raises the full
     per-object objective (visibility changes included), so Q never decreases.
-    Locations stay inside the room box ``[lo, hi]``.
+    Locations stay inside the room box ``[lo, hi]``. A non-Gaussian pixel ``noise`` makes
+    it iteratively reweighted: the responsibilities times the noise's weights at the
+    current residuals.
     """
     N = mu.shape[0]
     lam = torch.full((N,), float(damping), dtype=mu.dtype)
-    kw = dict(expo_views=expo_views, expo_mask=expo_mask)
+    kw = dict(expo_views=expo_views, expo_mask=expo_mask, noise=noise)
     cur = location_objective(mu, u, g, views, rate, sigma, **kw)
     eye = torch.eye(3, dtype=mu.dtype)
+    gw = g
     gt = g.sum(-1)                                                                # (N,A)
     w2 = gt.repeat_interleave(2, dim=1).unsqueeze(-1)                            # (N,2A,1)
     for _ in range(iters):
         pix, depth, J = _project_views(mu, views, True)                          # (N,A,2), (N,A,2,3)
-        ge = (g.unsqueeze(-1) * (u - pix.unsqueeze(2))).sum(2)                   # (N,A,2)
+        res = u - pix.unsqueeze(2)                                               # (N,A,D,2)
+        if noise.reweights:                                                      # IRLS weights at mu
+            gw = g * noise.weights((res * res).sum(-1), sigma)
+            w2 = gw.sum(-1).repeat_interleave(2, dim=1).unsqueeze(-1)
+        ge = (gw.unsqueeze(-1) * res).sum(2)                                     # (N,A,2)
         Jf = J.reshape(N, -1, 3)                                                 # (N,2A,3)
         grad = (ge.reshape(N, -1, 1) * Jf).sum(1)                                # (N,3)
         H = (Jf * w2).transpose(1, 2) @ Jf                                       # (N,3,3)
@@ -182,7 +190,7 @@ def gauss_newton_locations(mu, u, g, views, rate, sigma, lo, hi, *, expo_views=N
     return mu, cur
 
 
-def _object_batch(data, resp, cats, active, values):
+def _object_batch(data, resp, cats, active, values, noise=GAUSSIAN):
     """Flatten the active objects: index ``(v, k)`` pairs and their per-object inputs."""
     vk = active.nonzero()                                                        # (N,2)
     v, k = vk[:, 0], vk[:, 1]
@@ -190,17 +198,17 @@ def _object_batch(data, resp, cats, active, values):
     return v, k, dict(u=data["centers"][v], g=resp[v, :, :, k + 1],
                       views=_views(data["cams"][v], f[v], right[v], up[v], _half(values)),
                       expo_mask=data["frame_mask"][v],
-                      rate=values["rates"][cats[v, k]], sigma=values["pixel_scale"].reshape(()))
+                      rate=values["rates"][cats[v, k]], sigma=values["pixel_scale"].reshape(()), noise=noise)
 
 
-def location_mstep(data, values, resp, cats, active, iters=8) -> torch.Tensor:
+def location_mstep(data, values, resp, cats, active, iters=8, noise=GAUSSIAN) -> torch.Tensor:
     """Batched Gauss-Newton M-step for every active object's location (a generalised M-step:
     Q never decreases). Returns the new ``locs`` (V, K, 3)."""
     locs = values["locs"].clone()
     if not bool(active.any()):
         return locs
     lo, hi, _ = _box(data)
-    v, k, kw = _object_batch(data, resp, cats, active, values)
+    v, k, kw = _object_batch(data, resp, cats, active, values, noise)
     mu, _ = gauss_newton_locations(locs[v, k], lo=lo, hi=hi, iters=iters, **kw)
     locs[v, k] = mu
     return locs

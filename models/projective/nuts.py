@@ -11,10 +11,11 @@ from pyro.infer import MCMC, NUTS
 from metagen_ppl.errors import DataError
 from metagen_ppl.models.projective.estep import video_log_likelihood
 from metagen_ppl.models.projective.generative import _box
+from metagen_ppl.models.projective.noise import pixel_noise_of
 
 
 def nuts_locations(data, values, cats, active, *, num_samples=100, warmup_steps=100, seed=0, max_tree_depth=6,
-                   init_locs=None):
+                   init_locs=None, **options):
     """NUTS over the object locations of ONE video (V = 1), the assignments summed out exactly.
 
     The potential is ``-log p(x | mu, V) - log p(mu)`` of :func:`model` (the
@@ -33,6 +34,7 @@ def nuts_locations(data, values, cats, active, *, num_samples=100, warmup_steps=
     if data["cams"].shape[0] != 1:
         raise DataError("nuts_locations samples one video at a time (V = 1)")
     t0 = time.perf_counter()
+    noise = pixel_noise_of(options)
     lo, hi, _ = _box(data)
     idx = active[0].nonzero().reshape(-1)
     n = len(idx)
@@ -50,7 +52,7 @@ def nuts_locations(data, values, cats, active, *, num_samples=100, warmup_steps=
 
     def potential(params):
         locs, logdet = to_locs(params["z"])
-        ll, _ = video_log_likelihood(data, dict(base, locs=locs), cats, active)
+        ll, _ = video_log_likelihood(data, dict(base, locs=locs), cats, active, noise=noise)
         return -(ll.sum() + logdet)
 
     u = ((start - lo) / (hi - lo)).clamp(1e-4, 1 - 1e-4)

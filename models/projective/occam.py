@@ -15,9 +15,10 @@ import torch
 from metagen_ppl.domain.metagen_data import CATEGORIES
 from metagen_ppl.models.projective.generative import DEFAULTS, _box
 from metagen_ppl.models.projective.mstep import _object_batch, _project_views
+from metagen_ppl.models.projective.noise import GAUSSIAN
 
 
-def location_hessian(mu, u, g, views, sigma, **_):
+def location_hessian(mu, u, g, views, sigma, noise=GAUSSIAN, **_):
     """Exact Hessian ``-d^2 Q_k / d mu^2`` of each object's smooth location term, ``(N, 3, 3)``.
 
     Computed by autograd: the objects are independent given the
@@ -28,7 +29,7 @@ def location_hessian(mu, u, g, views, sigma, **_):
         x = mu.detach().clone().requires_grad_(True)
         pix, _, _ = _project_views(x, views)
         diff = u - pix.unsqueeze(2)
-        nq = 0.5 * (g * (diff * diff).sum(-1)).sum() / sigma ** 2               # -Q (smooth part)
+        nq = -noise.expected_log_density(g, (diff * diff).sum(-1), sigma)      # -Q (smooth part)
         (grad,) = torch.autograd.grad(nq, x, create_graph=True)
         rows = [torch.autograd.grad(grad[:, a].sum(), x, retain_graph=a < 2)[0] for a in range(3)]
     H = torch.stack(rows, -2)
@@ -75,14 +76,14 @@ def structure_penalty(num_active, occam_sum, log_volume, num_categories=len(CATE
     return math.log(p) + K * (math.log1p(-p) - math.log(num_categories) - log_volume) + occam_sum
 
 
-def object_occam(data, values, resp, cats, active) -> torch.Tensor:
+def object_occam(data, values, resp, cats, active, noise=GAUSSIAN) -> torch.Tensor:
     """``log Z_k`` of every active object, ``(V, K)`` (0 for inactive slots)."""
     V, K = active.shape
     out = torch.zeros(V, K, dtype=data["centers"].dtype)
     if not bool(active.any()):
         return out
     lo, hi, _ = _box(data)
-    v, k, kw = _object_batch(data, resp, cats, active, values)
+    v, k, kw = _object_batch(data, resp, cats, active, values, noise)
     mu = values["locs"][v, k]
     H = location_hessian(mu, **kw)
     out[v, k] = log_occam(H, mu, lo, hi)

@@ -11,6 +11,7 @@ from metagen_ppl.domain.camera import IMAGE_SIZE, visible
 from metagen_ppl.domain.metagen_data import CATEGORIES, COCO_TO_CATEGORY
 from metagen_ppl.errors import DataError
 from metagen_ppl.models.projective.generative import project
+from metagen_ppl.models.projective.noise import pixel_noise_of
 
 
 _COCO_OF = {v: k for k, v in COCO_TO_CATEGORY.items()}
@@ -18,7 +19,7 @@ _COCO_OF = {v: k for k, v in COCO_TO_CATEGORY.items()}
 
 def simulate(num_videos, num_frames=20, seed=0, *, rates=None, hallucination=None, pixel_scale=5.0,
              min_objects=1, max_objects=3, real_score=(5.0, 2.0), hall_score=(1.2, 6.0),
-             num_categories=len(CATEGORIES), **_):
+             num_categories=len(CATEGORIES), pixel_noise=None, **_):
     """Videos of the MetaGen detection JSON format drawn from the model.
 
     Cameras circle the room at height 2 m (radius 5.5 m), one lap over the
@@ -38,6 +39,7 @@ def simulate(num_videos, num_frames=20, seed=0, *, rates=None, hallucination=Non
     if num_videos < 1 or num_frames < 1:
         raise DataError("num_videos and num_frames must be at least 1")
     C = int(num_categories)
+    noise = pixel_noise_of({"pixel_noise": pixel_noise})
     rng = np.random.default_rng(seed)
     r = np.asarray(rates, float) if rates is not None else rng.uniform(0.2, 1.5, size=C)
     h = np.asarray(hallucination, float) if hallucination is not None else rng.uniform(0.01, 0.2, size=C)
@@ -65,7 +67,7 @@ def simulate(num_videos, num_frames=20, seed=0, *, rates=None, hallucination=Non
                 if not vis[j]:
                     continue
                 for _n in range(int(rng.poisson(r[cats[j]]))):
-                    rows.append((cats[j], pix[j] + pixel_scale * rng.standard_normal(2),
+                    rows.append((cats[j], pix[j] + noise.draw(rng, pixel_scale),
                                  rng.beta(*real_score)))
             for c in range(C):
                 for _n in range(int(rng.poisson(h[c]))):

@@ -30,6 +30,7 @@ from metagen_ppl.models.projective.generative import (_V_SITES, DEFAULTS, HALF_F
                                                       log_prior, model, prior_params)
 from metagen_ppl.models.projective.mstep import (_camera_axes, _index_views, _views, closed_form_mstep,
                                                  gauss_newton_locations)
+from metagen_ppl.models.projective.noise import pixel_noise_of
 from metagen_ppl.models.projective.occam import location_hessian, log_occam, structure_penalty
 
 #: The modes of a fit: V learned, V given, V at its prior (the lesioned model), objects given (the truth).
@@ -75,6 +76,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         self.V = data["cams"].shape[0]
         self.C = int(num_categories)
         self.options = {k: v for k, v in options.items() if k in DEFAULTS}
+        self.noise = pixel_noise_of(options)
         self.mode = mode
         self.tol, self.max_iter, self.gn_iters = tol, max_iter, gn_iters
         self.lo, self.hi, self.log_vol = _box(data)
@@ -144,7 +146,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         return v, k, dict(u=grp["u"][gi].unsqueeze(2), g=g.unsqueeze(-1), views=_index_views(grp["views"], gi),
                           expo_views=_views(self.data["cams"][v], f[v], right[v], up[v], half),
                           expo_mask=self.data["frame_mask"][v], rate=self.values["rates"][self.cats[v, k]],
-                          sigma=self.values["pixel_scale"].reshape(()))
+                          sigma=self.values["pixel_scale"].reshape(()), noise=self.noise)
 
     def _location_mstep(self, resp):
         if self.location_step == "lbfgs":
@@ -159,7 +161,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         """The generic M-step of the engine: LBFGS on the engine's Q of :func:`model` (traced with
         Pyro's enumeration, all videos in one call) over the ``locs`` site, the other sites fixed."""
 
-        opts = dict(self.options, cats=self.cats, active=self.active, num_categories=self.C,
+        opts = dict(self.options, cats=self.cats, active=self.active, num_categories=self.C, pixel_noise=self.noise,
                     half_fov=self.values["half_fov"],
                     **{k: self.values[k] for k in _V_SITES})
         em = EnumeratedModel(model, self.data, self.K, opts)
@@ -178,7 +180,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
     # ----------------------------------------------------------------- E-step and scores
     def estep(self):
         """The batched E-step at the current state: ``(joint, lse, resp, loglik, vis)``."""
-        joint, lam, vis = joint_log_terms(self.data, self.values, self.cats, self.active, self.C)
+        joint, lam, vis = joint_log_terms(self.data, self.values, self.cats, self.active, self.C, self.noise)
         mask = self.data["det_mask"]
         zero = torch.zeros((), dtype=self.dtype)
         lse = torch.where(mask, joint.logsumexp(-1), zero)
@@ -234,7 +236,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         """One M-step on the current state: the closed forms of the learned parameters, the field of view
         (ECM: every third iteration; a global search first, then Newton steps), the locations."""
         upd = closed_form_mstep(self.data, {"z": resp}, self.values, self.K, cats=self.cats, active=self.active,
-                                num_categories=self.C, **self.options,
+                                num_categories=self.C, pixel_noise=self.noise, **self.options,
                                 **{k: self.values[k] for k in _V_SITES if k not in self.learned})
         self.values.update({k: v for k, v in upd.items() if k in self.learned})
         if self.learn_fov and bool(self.active.any()) and (iteration - 1) % 3 == 0:
@@ -271,7 +273,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
             locs = self.values["locs"].clone()
             locs[v, k] = mu
             ll, _ = video_log_likelihood(self.data, dict(self.values, locs=locs, half_fov=half), self.cats,
-                                         self.active, self.C)
+                                         self.active, self.C, self.noise)
             return float(ll.sum()), mu
 
         cur_h = float(self.values["half_fov"])
@@ -352,6 +354,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         return {"mode": self.mode, "max_objects": self.K, "tol": self.tol, "max_iter": self.max_iter,
                 "gn_iters": self.gn_iters, "learn_fov": self.learn_fov, "fov_range": list(self.fov_range),
                 "location_step": self.location_step, "num_categories": self.C, "options": dict(self.options),
+                "pixel_noise": repr(self.noise),
                 "learned": sorted(self.learned), "dtype": str(self.dtype).replace("torch.", ""),
                 "start (params, truth, half_fov)": self._start_hash}
 

@@ -20,6 +20,9 @@ def add_parser(sub, parents: dict):
                     "detector and the lesioned model) and PNGs of selected videos.")
     p.add_argument("--data", "-d", required=True, help="MetaGen detection JSON file")
     p.add_argument("--out", "-o", required=True, help="output directory")
+    p.add_argument("--model", default="projective",
+                   help="the video model: 'projective' or the path of a .py file with a variant of it "
+                        "(see the README: a user-written structured variant)")
     p.add_argument("--method", "-m", choices=METHODS, default="em", help="inference method")
     p.add_argument("--learn-on", choices=LEARN_ON, default="all",
                    help="learn V on all videos, or on videos 1-50 only (then fixed for 51-100)")
@@ -76,7 +79,7 @@ def run(args) -> int:
                            mcmc_samples=args.mcmc_samples, mcmc_warmup=args.mcmc_warmup,
                            log=lambda m: print(m, file=sys.stderr, flush=True), num_threads=args.threads,
                            checkpoint=not getattr(args, "no_checkpoint", False),
-                           resume=getattr(args, "resume", False))
+                           resume=getattr(args, "resume", False), model=args.model)
     except KeyboardInterrupt as e:
         detail = getattr(e, "detail", None) or "interrupted"
         print(f"metagen-ppl evaluate: {detail}", file=sys.stderr, flush=True)
