@@ -38,14 +38,15 @@ import warnings
 import numpy as np
 import torch
 
-
-from metagen_ppl.io import atomic_write_json, atomic_write_text
 from metagen_ppl.apps.plots import plot_scene_topview as plot_scene
-from metagen_ppl.domain.objects import V_error, object_metrics, raw_detection_objects, truth_objects
-from metagen_ppl.models.detector.fit import fit_metacognition
 from metagen_ppl.domain.metagen_data import CATEGORIES
+from metagen_ppl.domain.objects import object_metrics, raw_detection_objects, truth_objects, V_error
 from metagen_ppl.domain.scenes import parse_scenes, write_scenes
+from metagen_ppl.engine.em import fit_em
+from metagen_ppl.engine.mcmc import fit_mcmc
+from metagen_ppl.io import atomic_write_json, atomic_write_text
 from metagen_ppl.models import detector
+from metagen_ppl.models.detector.fit import fit_metacognition
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the source checkout (outputs go to ROOT/comparisons/out)
 
@@ -226,9 +227,6 @@ def main(argv=None):
     # 3. MCMC on a subset, structure fixed at EM's ------------------------------------------
     t3 = ""
     if not args.no_mcmc:
-        from metagen_ppl.engine.em import fit_em
-        from metagen_ppl.engine.mcmc import fit_mcmc
-
         idx = list(range(mcmc_scenes))
         sub = sc.subset(idx)
         tsub = truth_objects(sub)

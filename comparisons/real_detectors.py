@@ -34,6 +34,11 @@ import json
 import os
 import sys
 
+from metagen_ppl.apps.evaluate import evaluate
+from metagen_ppl.domain.metagen_data import CATEGORIES
+from metagen_ppl.errors import MetagenError
+from metagen_ppl.io import atomic_write_json
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the source checkout (outputs go to ROOT/comparisons/out)
 
 
@@ -55,9 +60,6 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)          # a shared 2-core machine: intra-op threads only add contention
-    from metagen_ppl.errors import MetagenError
-    from metagen_ppl.apps.evaluate import evaluate
-    from metagen_ppl.domain.metagen_data import CATEGORIES
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=_default_data_dir())
@@ -72,7 +74,6 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true",
                    help="reuse the finished runs and units of an interrupted invocation (same --out)")
     args = p.parse_args(argv)
-    from metagen_ppl.io import atomic_write_json
     resume_kw = {"resume": args.resume}
 
     rows = {}        # (label) -> {(detector, split): value}

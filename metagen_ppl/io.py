@@ -155,7 +155,7 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _check_observations(obs, source: Optional[str], dim: Optional[int]) -> list:
+def check_observations(obs, source: Optional[str], dim: Optional[int]) -> list:
     at = f"{source}: " if source else ""
     if not isinstance(obs, list) or not obs:
         what = "an empty list" if isinstance(obs, list) else type(obs).__name__
@@ -185,7 +185,7 @@ def _check_observations(obs, source: Optional[str], dim: Optional[int]) -> list:
     return obs
 
 
-def _check_categories(cats, n: int, source: Optional[str]) -> list:
+def check_categories(cats, n: int, source: Optional[str]) -> list:
     at = f"{source}: " if source else ""
     if not isinstance(cats, list):
         raise DataError(f"{at}'categories' must be a list of integers, got {type(cats).__name__}")
@@ -252,11 +252,11 @@ def data_from_json(obj, spec=None, dtype=torch.float64, source: str = "<data>", 
     if "observations" not in obj:
         raise DataError(f"{source}: no 'observations' field; a data file looks like "
                         '{"observations": [[x, y, z], ...]}')
-    obs = _check_observations(obj["observations"], source, dim)
+    obs = check_observations(obj["observations"], source, dim)
     data = {"x": torch.tensor(obs, dtype=dtype)}
     cats = obj.get("categories")
     if cats is not None:
-        data["o"] = torch.tensor(_check_categories(cats, len(obs), source), dtype=torch.long)
+        data["o"] = torch.tensor(check_categories(cats, len(obs), source), dtype=torch.long)
     return data
 
 

@@ -12,7 +12,7 @@ import torch
 
 from metagen_ppl.models import projective as P
 from metagen_ppl.models.projective.generative import _scale_log_prior, _scale_prior
-from metagen_ppl.models.projective.mstep import _object_batch, _project_views, _project_with_jacobian
+from metagen_ppl.models.projective.mstep import object_batch, project_views, project_with_jacobian
 from metagen_ppl.domain import camera
 from metagen_ppl.engine.enumeration import EnumeratedModel
 from metagen_ppl.errors import DataError
@@ -141,7 +141,7 @@ def test_engine_and_direct_agree_on_simulated_data():
     assert q_gn >= float(em.q_value(lb, est)) - 1e-6 * abs(q_gn)
     # per object, Gauss-Newton reaches at least the generic optimiser's value; where the object has
     # enough detections to pin it down the two agree (two or three detections leave a flat direction)
-    v, k, kw = _object_batch(data, resp, cats, active, new)
+    v, k, kw = object_batch(data, resp, cats, active, new)
     per_gn = P.location_objective(gn[v, k], **kw)
     per_lb = P.location_objective(lb["locs"][v, k], **kw)
     assert (per_gn >= per_lb - 1e-6).all()
@@ -166,7 +166,7 @@ def test_projection_matches_camera_and_fov_option():
     # analytic Jacobian = autograd
     f, right, up = camera.camera_frame(cam, look)
     mu = pts[0].clone().requires_grad_(True)
-    pix, _, J = _project_with_jacobian(mu, cam, f, right, up)
+    pix, _, J = project_with_jacobian(mu, cam, f, right, up)
     rows = [torch.autograd.grad(pix[i], mu, retain_graph=True)[0] for i in range(2)]
     assert torch.allclose(J, torch.stack(rows), atol=1e-10)
 
@@ -192,7 +192,7 @@ def test_occam_factor_limits():
     cats, active = torch.tensor([[0, 1]]), torch.tensor([[True, True]])
     vals = _values(mu2)
     _, resp = P.video_log_likelihood(data, vals, cats, active)
-    v, k, kw = _object_batch(data, resp, cats, active, vals)
+    v, k, kw = object_batch(data, resp, cats, active, vals)
     Hb = P.location_hessian(vals["locs"][v, k], **kw)
 
     def negq(x):
@@ -200,7 +200,7 @@ def test_occam_factor_limits():
                for key, val in kw.items()}
         kw0["views"] = {key: (val[:1] if torch.is_tensor(val) and val.dim() else val)
                         for key, val in kw["views"].items()}
-        pix, _, _ = _project_views(x.unsqueeze(0), kw0["views"])
+        pix, _, _ = project_views(x.unsqueeze(0), kw0["views"])
         diff = kw0["u"] - pix.unsqueeze(2)
         return 0.5 * (kw0["g"] * (diff * diff).sum(-1)).sum() / kw0["sigma"] ** 2
 

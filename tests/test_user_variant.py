@@ -22,7 +22,6 @@ from metagen_ppl.engine.enumeration import EnumeratedModel
 from metagen_ppl.engine.registry import load_model
 from metagen_ppl.models import projective as P
 from metagen_ppl.models.projective.mstep import gauss_newton_locations, location_objective
-from metagen_ppl.models.projective.noise import GAUSSIAN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL = next((d for d in ("/work/shared/data/metagen2021", os.path.join(ROOT, "..", "shared", "data", "metagen2021"))
@@ -94,9 +93,9 @@ def test_irls_location_step_and_mm_scale_step_never_lower_q(variant, heavy_taile
     values = dict(P.prior_params(dtype=torch.float64), locs=pos.double() + 0.3)
     values["pixel_scale"] = torch.tensor(3.0, dtype=torch.float64)
     fit = P.estep(data, values, cats.shape[1], cats=cats, active=mask, pixel_noise=noise)
-    from metagen_ppl.models.projective.mstep import _object_batch
+    from metagen_ppl.models.projective.mstep import object_batch
 
-    v, k, kw = _object_batch(data, fit.marginals["z"], cats, mask, values, noise)
+    v, k, kw = object_batch(data, fit.marginals["z"], cats, mask, values, noise)
     lo, hi = data["box"][0], data["box"][1]
     before = location_objective(values["locs"][v, k], **{a: b for a, b in kw.items() if a != "noise"}, noise=noise)
     mu, after = gauss_newton_locations(values["locs"][v, k], lo=lo, hi=hi, iters=6, **kw)

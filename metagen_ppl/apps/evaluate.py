@@ -1,4 +1,4 @@
-"""``metagen-ppl evaluate``: fit the projective detector model to real detector output and score it.
+"""``metagen-ppl evaluate``: fit the projective detector model (or a variant) to real detector output and score it.
 
 :func:`evaluate` reads a MetaGen detection file (``../shared/data/metagen2021/``
 or the same format), fits :mod:`metagen_ppl.models.projective` to all videos at once --

@@ -17,7 +17,6 @@ import re
 import warnings
 from typing import Optional
 
-import arviz as az
 import numpy as np
 
 from metagen_ppl.engine.result import FitResult
@@ -35,6 +34,8 @@ def mcmc_summary(res: FitResult) -> dict:
     if not res.samples:
         return out
     data = {k: v.detach().double().cpu().numpy() for k, v in res.samples.items()}
+    import arviz as az  # heavy (it loads pyplot): imported only when there are draws to summarise
+
     ds = az.convert_to_dataset(data)
     chains = next(iter(data.values())).shape[0]
     with warnings.catch_warnings():

@@ -17,7 +17,7 @@ scenes** (videos), each::
                         "hallucination_rate": {"chair": h, ...}, "scale": sigma},
      "box": [[x0, y0, z0], [x1, y1, z1]]}                # optional scene region
 
-The simulator (:func:`metagen_ppl.models.detector.simulate`) writes this format; the real
+The detector model's simulator writes this format; the real
 data has the same layout with 2D box centres (``center``) instead of
 ``position``: such files are refused here with a pointer to the 2D loader
 (:func:`metagen_ppl.domain.metagen_data.load_videos`). Detection labels are COCO ids
@@ -168,7 +168,7 @@ class SceneSet:
         return self.frame_mask.sum(-1)
 
     def data(self) -> dict:
-        """The data dict of :func:`metagen_ppl.models.detector.generative`."""
+        """The data dict of the multi-scene models (the detector model M3): padded tensors."""
         return {"positions": self.positions, "categories": self.categories, "det_mask": self.det_mask,
                 "num_detections": self.num_detections, "frame_mask": self.frame_mask, "box": self.box}
 
@@ -352,7 +352,7 @@ def load_scenes(source, **kwargs) -> SceneSet:
 
 
 def write_scenes(path, scenes: list) -> None:
-    """Write a multi-scene JSON list (e.g. from :func:`metagen_ppl.models.detector.simulate`) atomically."""
+    """Write a multi-scene JSON list (e.g. a simulation of the detector model) atomically."""
     if not isinstance(scenes, list):
         raise DataError("write_scenes expects the JSON list of scenes")
     atomic_write_json(path, scenes, indent=None)

@@ -2,12 +2,12 @@
 
 A checkpoint is one JSON file, rewritten atomically (:func:`metagen_ppl.io.atomic_write_text`:
 a temporary file in the same directory, then :func:`os.replace`) after every finished
-unit of work -- a structure-search round of :func:`metagen_ppl.models.detector.fit.fit_metacognition`
-or :func:`metagen_ppl.models.projective.fit_videos`, a finished fit, SVI or MCMC run of
-``metagen-ppl evaluate``. A kill at any moment leaves either the previous checkpoint or
+unit of work -- a round of the structure search
+(:func:`metagen_ppl.engine.structure.search_structure`), or a unit an application keeps
+(a finished fit, SVI or MCMC run of ``metagen-ppl evaluate``). A kill at any moment leaves either the previous checkpoint or
 the new one, never a half-written file. Layout::
 
-    {"format": "metagen-ppl checkpoint", "version": 1,
+    {"format": "metagen-ppl checkpoint", "version": 2,
      "kind": "metacognition" | "projective" | "evaluate-unit" | ...,
      "fingerprint": {"data": "<sha256 of the data tensors>", "settings": {name: value, ...}},
      "round": n,            # the last finished round (0: only the initial state)

@@ -19,10 +19,21 @@ and optionally
     the fast-path M-step: new values of the sites it knows in closed form
     (``marginals``: each enumerated site's posterior; a hook with an ``estep``
     parameter also receives the whole :class:`~metagen_ppl.engine.enumeration.EStep`);
+``estep(data, params, num_objects, **options) -> EStep``
+    a model's own (batched) E-step, used by EM instead of Pyro enumeration; it
+    must equal :meth:`~metagen_ppl.engine.enumeration.EnumeratedModel.estep`
+    (log joint, log likelihood, log prior, marginals) -- test it so;
+``discrete_update(data, estep, params, num_objects, *, iteration, **options) -> (dict, bool)``
+    closed-form update of the discrete parameters (``fit_em(discrete=[...])``)
+    and what depends on them, after the continuous M-step; ``(updates, changed)``.
+    Called with ``estep=None, iteration=0`` to start the discrete parameters of a run;
 ``reseed_empty(data, marginals, params, num_objects, *, threshold, skip, **options)``
-    a new start for a component that lost all responsibility (read from the
-    module by :func:`~metagen_ppl.engine.em.fit_em` with ``empty="reinit"``; see
-    :mod:`metagen_ppl.engine.em`);
+    the after-E-step hook: a new start for a component that lost all
+    responsibility (used by :func:`~metagen_ppl.engine.em.fit_em` with
+    ``empty="reinit"``; see :mod:`metagen_ppl.engine.em`);
+``DEFAULT_OPTIONS``
+    a dict of defaults of the model's options (``bind`` puts the user's options
+    over them): how a variant changes a component of the model it builds on;
 ``data_from_json(obj, dtype) -> dict``
     converts a parsed JSON data file to the model's ``data`` dict;
 ``prepare_comparison(obj, *, seed, dtype, num_objects, options, progress, log, source)``
@@ -37,6 +48,10 @@ and optionally
 ``LOCATION_SITE``
     the name of the ``(K, D)`` site holding object locations (default
     ``"locs"``).
+
+A model with an unknown number of objects per scene adds its structure moves
+by implementing :class:`metagen_ppl.engine.structure.StructureSearch` (the
+engine's :func:`~metagen_ppl.engine.structure.search_structure` runs them).
 
 Built-in variants live in the repository's ``models/`` folder, installed as the
 package ``metagen_ppl.models``, and are found by name (``"baseline"``) through one

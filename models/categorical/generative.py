@@ -22,8 +22,10 @@ Each ``c_k`` is its own site, sampled in a Python loop outside the data plate,
 so under parallel enumeration each gets its own enumeration dimension and the
 engine sums ``c`` and ``z`` jointly (exact; the ``o`` factor has ``K C^K N``
 entries, so this is for small ``K``). ``poutine.condition(model, data={"c_0":
-tensor(2), ...})`` fixes the categories instead (the ``sample`` and ``mstep``
-strategies of :mod:`metagen_ppl.models.categorical.strategies`).
+tensor(2), ...})`` fixes the categories instead (the ``sample`` strategy of
+:mod:`metagen_ppl.models.categorical.strategies`); ``fit_em(discrete=["c_0", ...])``
+makes them discrete parameters of EM, updated by :func:`discrete_update` (the
+``mstep`` strategy).
 
 Identifiability: with ``A`` learned and a uniform ``rho``, permuting category
 labels (of every ``c_k`` and of the rows of ``A``) leaves the likelihood
@@ -60,7 +62,7 @@ from pyro.distributions import constraints
 from pyro.ops.indexing import Vindex
 
 from metagen_ppl.errors import DataError
-from metagen_ppl.io import _check_categories, _check_observations
+from metagen_ppl.io import check_categories, check_observations
 from metagen_ppl.models import baseline
 from metagen_ppl.util import seeded
 
@@ -341,7 +343,7 @@ def confusion_from_counts(counts, old=None, confusion_concentration=None,
     return new
 
 
-def _gaussian_log_terms(data, params, options):
+def gaussian_log_terms(data, params, options):
     """``(N, K)`` ``log pi_k + log N(x_n; mu_k, sigma^2 I)``."""
     x = data["x"]
     locs = params["locs"]
@@ -380,7 +382,7 @@ def category_vector_log_likelihoods(data, params, num_objects, *, chunk_entries=
     A = params["confusion"] if options.get("confusion") is None else torch.as_tensor(options["confusion"], dtype=x.dtype)
     rho = (torch.full((C,), 1.0 / C, dtype=x.dtype) if options.get("category_prior") is None
            else torch.as_tensor(options["category_prior"], dtype=x.dtype))
-    base = _gaussian_log_terms(data, params, options).T  # (K, N)
+    base = gaussian_log_terms(data, params, options).T  # (K, N)
     log_a_o = torch.log(A)[:, o]  # (C, N)
     configs = all_category_vectors(K, C)
     n = x.shape[0]
@@ -462,7 +464,7 @@ def discrete_update(data, estep, params, num_objects, *, iteration, confusion=No
     A = params["confusion"] if confusion is None else torch.as_tensor(confusion, dtype=data["x"].dtype)
     if estep is None:
         full = dict(params, confusion=A)
-        resp = torch.softmax(_gaussian_log_terms(data, full, fixed), -1)
+        resp = torch.softmax(gaussian_log_terms(data, full, fixed), -1)
     else:
         resp = estep.marginals["z"]
     cats = category_mstep(data, resp, A, category_prior)
@@ -545,8 +547,8 @@ def data_from_json(obj, dtype=torch.float64) -> dict:
         raise DataError("the categorical model needs \"categories\" in the data file: one 0-based "
                         "observed category per observation")
 
-    obs = _check_observations(obj["observations"], None, 3)       # names the bad row and column
-    _check_categories(obj["categories"], len(obs), None)
+    obs = check_observations(obj["observations"], None, 3)       # names the bad row and column
+    check_categories(obj["categories"], len(obs), None)
     for key in ("num_categories", "num_objects"):
         v = obj.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):

@@ -1,4 +1,4 @@
-"""Three ways to infer the object categories of M2 (``models/categorical.py``).
+"""Three ways to infer the object categories of M2 (:mod:`metagen_ppl.models.categorical`).
 
 The categories ``c_k`` are discrete and global (each couples every
 observation), so three EM strategies are offered (DESIGN.md section 2, M2):
@@ -27,11 +27,13 @@ observation), so three EM strategies are offered (DESIGN.md section 2, M2):
     up to K = 5, C = 3 up to K = 7). The reported ``cats`` are the jointly most
     probable vector at the fitted parameters.
 ``mstep``
-    Keep ``c`` as a discrete parameter of the EM (one loop, here): the E-step
-    is the engine's :meth:`EnumeratedModel.estep` with ``c`` conditioned in;
-    Q splits over objects, so ``c_k = argmax_c sum_n g_nk log A[c, o_n] + log rho_c``
-    is exact and closed form; ``A`` (if learned) follows by its expected-count
-    update; locations, weights and scale by M1's closed form. It maximises the
+    Keep ``c`` as a discrete parameter of the engine's EM
+    (``fit_em(..., discrete=["c_0", ...])``, the one EM loop): the E-step is the
+    engine's :meth:`EnumeratedModel.estep` with ``c`` conditioned in; the
+    model's ``discrete_update`` hook makes the discrete M-step -- Q splits over
+    objects, so ``c_k = argmax_c sum_n g_nk log A[c, o_n] + log rho_c`` is exact
+    and closed form, and ``A`` (if learned) follows by its expected-count update;
+    locations, weights and scale by M1's closed form. It maximises the
     joint ``log p(x, o, c | theta) + log p(theta)`` over ``(theta, c)``.
 
 All return a :class:`FitResult` whose ``params`` include ``"cats"`` (``(K,)``
@@ -154,7 +156,7 @@ def _full_params(params, options, dtype):
 def _pointwise_fixed(data, params, cats, options):
     """``log p(x_n, o_n | theta, c)`` per observation, ``(N,)``."""
     cm = cm_model
-    base = cm._gaussian_log_terms(data, params, options)  # (N, K)
+    base = cm.gaussian_log_terms(data, params, options)  # (N, K)
     A = params["confusion"]
     return torch.logsumexp(base + torch.log(A)[cats][:, data["o"]].T, -1)
 

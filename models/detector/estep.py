@@ -13,11 +13,11 @@ import torch
 
 from metagen_ppl.domain.metagen_data import CATEGORIES
 from metagen_ppl.engine.enumeration import EStep
-from metagen_ppl.models.detector.generative import (_box, _structure, assignment_logits, category_intensity,
+from metagen_ppl.models.detector.generative import (box_bounds, structure_of, assignment_logits, category_intensity,
                                                     check_inside_box, log_prior)
 
 
-def _values(params, options, dtype):
+def parameter_values(params, options, dtype):
     """Full ``(rates, hallucination, scale, locs)`` from fitted sites and fixed options."""
     def get(name):
         if options.get(name) is not None:
@@ -28,7 +28,7 @@ def _values(params, options, dtype):
 
 def component_log_density(data, locs, scale):
     """``log p_j(x_n)``, ``(S, T, D, K + 1)``: ``-log vol`` for ``j = 0``, Gaussian for the slots."""
-    _, _, log_vol = _box(data)
+    _, _, log_vol = box_bounds(data)
     x = data["positions"]
     # |x - m|^2 = |x|^2 - 2 x.m + |m|^2, without a (S, T, D, K, 3) temporary
     d2 = ((x * x).sum(-1).unsqueeze(-1) - 2 * torch.einsum("stdx,skx->stdk", x, locs)
@@ -44,7 +44,7 @@ def joint_log_terms(data, params, cats, active, *, num_categories=len(CATEGORIES
     ``lambda(x_n, o_n) = sum_j exp(joint[..., j])`` for real detections.
     """
     pos = data["positions"]
-    rates, hall, scale, locs = _values(params, options, pos.dtype)
+    rates, hall, scale, locs = parameter_values(params, options, pos.dtype)
     cats = torch.as_tensor(cats, dtype=torch.long)
     active = torch.as_tensor(active, dtype=torch.bool)
     joint = assignment_logits(data, rates, hall, cats, active) + component_log_density(data, locs, scale)
@@ -83,13 +83,13 @@ def scene_log_likelihood(data, params, cats, active, *, num_categories=len(CATEG
 def estep(data, params, num_objects, *, cats=None, active=None, num_categories=len(CATEGORIES), **options) -> EStep:
     """The model's E-step hook (see :func:`metagen_ppl.engine.em.run_em`): :func:`scene_log_likelihood`
     as an :class:`~metagen_ppl.engine.enumeration.EStep` (``details["scene_log_likelihood"]``: (S,))."""
-    cats, active = _structure(data, num_objects, cats, active)
+    cats, active = structure_of(data, num_objects, cats, active)
     # a fixed parameter (an option) given in params too takes the params' value, as in the engine's E-step
     # (which passes such values to the model as its keyword arguments)
     fixed = {k: params.get(k, options[k]) for k in ("rates", "hallucination", "scale") if options.get(k) is not None}
     full = dict(params, **fixed)
     opts = dict(options, **fixed)
-    lo, hi, _ = _box(data)
+    lo, hi, _ = box_bounds(data)
     check_inside_box(full["locs"], active, lo, hi)
     ll, resp = scene_log_likelihood(data, full, cats, active, num_categories=num_categories, **opts)
     lp = log_prior(data, full, active=active, **opts)

@@ -131,14 +131,14 @@ DEFAULTS = dict(
 
 
 # --------------------------------------------------------------------------- options
-def _opt(options: dict, key: str):
+def hyperparameter(options: dict, key: str):
     return options.get(key, DEFAULTS[key]) if options.get(key) is not None else DEFAULTS[key]
 
 
 def prior_mean_V(num_categories: int = len(CATEGORIES), dtype=torch.float64, **options) -> dict:
     """``V`` at its prior mean: ``r_c = a_r / b_r``, ``h_c = a_h / b_h`` (the lesioned model)."""
-    r = _opt(options, "rate_prior_shape") / _opt(options, "rate_prior_rate")
-    h = _opt(options, "hall_prior_shape") / _opt(options, "hall_prior_rate")
+    r = hyperparameter(options, "rate_prior_shape") / hyperparameter(options, "rate_prior_rate")
+    h = hyperparameter(options, "hall_prior_shape") / hyperparameter(options, "hall_prior_rate")
     return {"rates": torch.full((num_categories,), float(r), dtype=dtype),
             "hallucination": torch.full((num_categories,), float(h), dtype=dtype)}
 
@@ -184,7 +184,7 @@ def check_structure(cats, active, n, num_objects, *, missing: str, axis: str = "
     return cats, active
 
 
-def _structure(data, num_objects, cats, active):
+def structure_of(data, num_objects, cats, active):
     return check_structure(
         cats, active, data["positions"].shape[0], num_objects,
         missing="model 'detector' needs the scene structure as options: cats (S, K) slot "
@@ -203,7 +203,7 @@ def check_inside_box(locs, active, lower, upper) -> None:
                          "inside it")
 
 
-def _box(data):
+def box_bounds(data):
     box = data["box"]
     lo, hi = box[0], box[1]
     return lo, hi, float(torch.log(hi - lo).sum())
@@ -311,11 +311,11 @@ def model(data, num_objects, *, cats=None, active=None, rates=None, hallucinatio
     S, T, D = pos.shape[:3]
     K = int(num_objects)
     C = int(num_categories)
-    cats, active = _structure(data, K, cats, active)
-    lo, hi, _ = _box(data)
+    cats, active = structure_of(data, K, cats, active)
+    lo, hi, _ = box_bounds(data)
     if rates is None:
-        rates = pyro.sample("rates", dist.Gamma(torch.tensor(float(_opt(opts, "rate_prior_shape")), dtype=dtype),
-                                                torch.tensor(float(_opt(opts, "rate_prior_rate")), dtype=dtype))
+        rates = pyro.sample("rates", dist.Gamma(torch.tensor(float(hyperparameter(opts, "rate_prior_shape")), dtype=dtype),
+                                                torch.tensor(float(hyperparameter(opts, "rate_prior_rate")), dtype=dtype))
                             .expand([C]).to_event(1))
     else:
         rates = torch.as_tensor(rates, dtype=dtype)
@@ -323,8 +323,8 @@ def model(data, num_objects, *, cats=None, active=None, rates=None, hallucinatio
             raise DataError(f"rates must hold {C} values (one per category), got shape {tuple(rates.shape)}")
     if hallucination is None:
         hallucination = pyro.sample(
-            "hallucination", dist.Gamma(torch.tensor(float(_opt(opts, "hall_prior_shape")), dtype=dtype),
-                                        torch.tensor(float(_opt(opts, "hall_prior_rate")), dtype=dtype))
+            "hallucination", dist.Gamma(torch.tensor(float(hyperparameter(opts, "hall_prior_shape")), dtype=dtype),
+                                        torch.tensor(float(hyperparameter(opts, "hall_prior_rate")), dtype=dtype))
             .expand([C]).to_event(1))
     else:
         hallucination = torch.as_tensor(hallucination, dtype=dtype)
@@ -332,8 +332,8 @@ def model(data, num_objects, *, cats=None, active=None, rates=None, hallucinatio
             raise DataError(f"hallucination must hold {C} values (one per category), got shape "
                             f"{tuple(hallucination.shape)}")
     if scale is None:
-        scale = pyro.sample("scale", scale_prior(float(_opt(opts, "scale_prior_shape")),
-                                                 float(_opt(opts, "scale_prior_rate")), dtype))
+        scale = pyro.sample("scale", scale_prior(float(hyperparameter(opts, "scale_prior_shape")),
+                                                 float(hyperparameter(opts, "scale_prior_rate")), dtype))
     else:
         scale = torch.as_tensor(float(scale), dtype=dtype)
     locs = pyro.sample("locs", dist.Uniform(lo, hi).expand([S, K, 3]).mask(active.unsqueeze(-1)).to_event(3))
@@ -362,18 +362,18 @@ def log_prior(data, params, *, active=None, rates=None, hallucination=None, scal
     """``log p(theta)`` of the learned sites (as the engine counts it): Gamma priors of ``r``, ``h``,
     the scale prior, and ``-log vol`` per active slot (locations inside the box)."""
     dtype = data["positions"].dtype
-    _, _, log_vol = _box(data)
+    _, _, log_vol = box_bounds(data)
     total = torch.zeros((), dtype=dtype)
     for name, given, a, b in (("rates", rates, "rate_prior_shape", "rate_prior_rate"),
                               ("hallucination", hallucination, "hall_prior_shape", "hall_prior_rate")):
         if given is None:
-            g = dist.Gamma(torch.tensor(float(_opt(options, a)), dtype=dtype),
-                           torch.tensor(float(_opt(options, b)), dtype=dtype))
+            g = dist.Gamma(torch.tensor(float(hyperparameter(options, a)), dtype=dtype),
+                           torch.tensor(float(hyperparameter(options, b)), dtype=dtype))
             total = total + g.log_prob(params[name].to(dtype)).sum()
     if scale is None:
         # sigma^2 ~ InverseGamma(a, b), as a density of sigma (the site "scale"): IG(sigma^2) * 2 sigma
-        a = float(_opt(options, "scale_prior_shape"))
-        b = float(_opt(options, "scale_prior_rate"))
+        a = float(hyperparameter(options, "scale_prior_shape"))
+        b = float(hyperparameter(options, "scale_prior_rate"))
         sig = params["scale"].to(dtype).reshape(())
         v = sig * sig
         total = total + (a * math.log(b) - math.lgamma(a) - (a + 1) * torch.log(v) - b / v
@@ -406,8 +406,8 @@ def initialize(data, num_objects, generator, *, cats=None, active=None, rates=No
     pos = data["positions"]
     S = pos.shape[0]
     K = int(num_objects)
-    cats, active = _structure(data, K, cats, active)
-    lo, hi, _ = _box(data)
+    cats, active = structure_of(data, K, cats, active)
+    lo, hi, _ = box_bounds(data)
     locs = ((lo + hi) / 2).expand(S, K, 3).clone()
     for (s, k), (t, d) in random_detection_per_slot(data, cats, active, generator).items():
         locs[s, k] = pos[s, t, d]

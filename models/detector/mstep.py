@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from metagen_ppl.domain.metagen_data import CATEGORIES
-from metagen_ppl.models.detector.generative import _box, _opt, _structure
+from metagen_ppl.models.detector.generative import box_bounds, hyperparameter, structure_of
 
 
 def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active=None, rates=None,
@@ -25,10 +25,10 @@ def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active
     S, T, D = pos.shape[:3]
     K = int(num_objects)
     C = int(num_categories)
-    cats, active = _structure(data, K, cats, active)
+    cats, active = structure_of(data, K, cats, active)
     g = marginals["z"].reshape(S, T, D, K + 1).to(dtype)
     g = g * data["det_mask"].unsqueeze(-1).to(dtype)
-    lo, hi, _ = _box(data)
+    lo, hi, _ = box_bounds(data)
     out = {}
     nk = g[..., 1:].sum((1, 2))                                           # (S, K)
     sx = torch.einsum("stdk,stdx->skx", g[..., 1:], pos)                  # (S, K, 3)
@@ -41,22 +41,22 @@ def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active
     if scale is None:
         gx2 = (g[..., 1:].sum(-1) * (pos * pos).sum(-1)).sum()
         ss = (gx2 - 2 * (locs * sx).sum() + (nk * (locs * locs).sum(-1)).sum()).clamp_min(0.0)
-        a = float(_opt(opts, "scale_prior_shape"))
-        b = float(_opt(opts, "scale_prior_rate"))
+        a = float(hyperparameter(opts, "scale_prior_shape"))
+        b = float(hyperparameter(opts, "scale_prior_rate"))
         out["scale"] = ((ss + 2 * b) / (3 * nk.sum() + 2 * a + 1)).sqrt()
     frames = data["frame_mask"].sum(-1).to(dtype)                        # (S,)
     if rates is None:
         n_obj = torch.zeros(C, dtype=dtype).index_add_(0, cats.reshape(-1), nk.reshape(-1))
         exposure = torch.zeros(C, dtype=dtype).index_add_(
             0, cats.reshape(-1), (active.to(dtype) * frames.unsqueeze(-1)).reshape(-1))
-        a = float(_opt(opts, "rate_prior_shape"))
-        b = float(_opt(opts, "rate_prior_rate"))
+        a = float(hyperparameter(opts, "rate_prior_shape"))
+        b = float(hyperparameter(opts, "rate_prior_rate"))
         out["rates"] = ((n_obj + a - 1) / (exposure + b)).clamp_min(1e-12)
     if hallucination is None:
         g0 = g[..., 0].reshape(-1)
         o = data["categories"].reshape(-1)
         n_h = torch.zeros(C, dtype=dtype).index_add_(0, o, g0)
-        a = float(_opt(opts, "hall_prior_shape"))
-        b = float(_opt(opts, "hall_prior_rate"))
+        a = float(hyperparameter(opts, "hall_prior_shape"))
+        b = float(hyperparameter(opts, "hall_prior_rate"))
         out["hallucination"] = ((n_h + a - 1) / (frames.sum() + b)).clamp_min(1e-12)
     return out

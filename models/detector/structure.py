@@ -35,8 +35,8 @@ from metagen_ppl.engine.structure import Moves, StructureSearch
 from metagen_ppl.engine.svi import fit_svi
 from metagen_ppl.errors import DataError
 from metagen_ppl.models.detector import generative
-from metagen_ppl.models.detector.estep import _values, estep, frame_terms, joint_log_terms, scene_log_likelihood
-from metagen_ppl.models.detector.generative import DEFAULTS, _box, _opt, prior_mean_V
+from metagen_ppl.models.detector.estep import parameter_values, estep, frame_terms, joint_log_terms, scene_log_likelihood
+from metagen_ppl.models.detector.generative import DEFAULTS, box_bounds, hyperparameter, prior_mean_V
 from metagen_ppl.models.detector.mstep import closed_form_mstep
 
 
@@ -67,9 +67,9 @@ def structure_log_score(data, params, cats, active, loglik, resp, *, num_categor
     (S,) tensor: ``loglik + log Geom(K_s) + K_s log(1/C) + sum_k [log(1/vol) + Occam_k]``.
     """
     pos = data["positions"]
-    _, _, scale, _ = _values(params, options, pos.dtype)
+    _, _, scale, _ = parameter_values(params, options, pos.dtype)
     active = torch.as_tensor(active, dtype=torch.bool)
-    _, _, log_vol = _box(data)
+    _, _, log_vol = box_bounds(data)
     n_k = resp[..., 1:].sum((1, 2))
     return loglik + structure_penalty(n_k, active, scale, log_vol, num_categories=num_categories,
                                       count_prior_p=count_prior_p)
@@ -152,8 +152,8 @@ class DetectorSearch(StructureSearch):
                 raise DataError(f"scale must be a positive number, got {scale!r}")
             self.fixed["scale"] = torch.tensor(float(scale), dtype=self.dtype)
         else:
-            a = float(_opt(self.hyper, "scale_prior_shape"))
-            b = float(_opt(self.hyper, "scale_prior_rate"))
+            a = float(hyperparameter(self.hyper, "scale_prior_shape"))
+            b = float(hyperparameter(self.hyper, "scale_prior_rate"))
             self.values["scale"] = torch.tensor(math.sqrt(b / max(a - 1.0, 0.5)), dtype=self.dtype)
         self.history = []
         self.n_iter = 0
@@ -258,7 +258,7 @@ class DetectorSearch(StructureSearch):
         return values, joint, lam, lse, resp, ll, score
 
     def penalty(self, n_k, active, scale):
-        _, _, log_vol = _box(self.data)
+        _, _, log_vol = box_bounds(self.data)
         return structure_penalty(n_k, active, scale, log_vol, num_categories=self.C,
                                         count_prior_p=self.hyper.get("count_prior_p"))
 

@@ -17,8 +17,8 @@ import torch
 
 from metagen_ppl.domain.camera import triangulate
 from metagen_ppl.engine.structure import Moves
-from metagen_ppl.models.projective.generative import DEFAULTS, _clamp_box, _half, _ray_at_height, pixel_to_ray
-from metagen_ppl.models.projective.mstep import (_index_views, _inside, _project_views, _views,
+from metagen_ppl.models.projective.generative import DEFAULTS, clamp_to_box, half_fov_of, ray_at_mid_height, pixel_to_ray
+from metagen_ppl.models.projective.mstep import (index_views, inside_image, project_views, views_of,
                                                  gauss_newton_locations)
 from metagen_ppl.models.projective.occam import location_hessian, log_occam
 
@@ -47,12 +47,12 @@ class BirthProposals:
         gt[key, pos], gd[key, pos], gm[key, pos] = t, d, True
         gv = torch.arange(G) // C
         f, right, up = self.axes
-        half = _half(self.values)
+        half = half_fov_of(self.values)
         rays = pixel_to_ray(data["centers"], data["cams"][:, :, None], data["looks"][:, :, None], half)
         vv = gv[:, None].expand(G, M)
         self.grp = {"v": gv, "c": torch.arange(G) % C, "t": gt, "d": gd, "mask": gm,
                     "u": data["centers"][vv, gt, gd], "bin": data["score_bins"][vv, gt, gd],
-                    "views": _views(data["cams"][vv, gt], f[vv, gt], right[vv, gt], up[vv, gt], half),
+                    "views": views_of(data["cams"][vv, gt], f[vv, gt], right[vv, gt], up[vv, gt], half),
                     "rays": rays[vv, gt, gd]}
 
     def _candidates(self, resp, kappa=3.0, rounds=4):
@@ -87,11 +87,11 @@ class BirthProposals:
             p, cond = triangulate(o, d, return_condition=True)
             ok = torch.isfinite(p).all(-1) & (cond > 1e-6)
             gi, i, j, p = gi[ok], i[ok], j[ok], p[ok]
-            p = _clamp_box(p, self.lo, self.hi)
-            gview = _index_views(views, gi)                                              # (P,M,3)
-            pix, depth, _ = _project_views(p, gview)                                     # (P,M,2)
+            p = clamp_to_box(p, self.lo, self.hi)
+            gview = index_views(views, gi)                                              # (P,M,3)
+            pix, depth, _ = project_views(p, gview)                                     # (P,M,2)
             err = (pix - grp["u"][gi]).norm(dim=-1)
-            inl = un[gi] & _inside(pix, depth) & (err < kappa * sigma)                   # (P,M)
+            inl = un[gi] & inside_image(pix, depth) & (err < kappa * sigma)                   # (P,M)
             ar = torch.arange(len(gi))
             keep = inl[ar, i] & inl[ar, j]
             gi, i, j, p, inl, err = gi[keep], i[keep], j[keep], p[keep], inl[keep], err[keep]
@@ -121,8 +121,8 @@ class BirthProposals:
             t = gt[sg, si]
             v = gv[sg]
             cand_g.append(sg)
-            cand_mu.append(_ray_at_height(grp["u"][sg, si], self.data["cams"][v, t], self.data["looks"][v, t],
-                                          self.lo, self.hi, _half(self.values)))
+            cand_mu.append(ray_at_mid_height(grp["u"][sg, si], self.data["cams"][v, t], self.data["looks"][v, t],
+                                          self.lo, self.hi, half_fov_of(self.values)))
         if not cand_g:
             return None
         return torch.cat(cand_g), torch.cat(cand_mu)
@@ -132,12 +132,12 @@ class BirthProposals:
         (``-inf`` where it cannot explain the detection)."""
         grp = self.grp
         c = grp["c"][gp]
-        gview = _index_views(grp["views"], gp)
-        pix, depth, _ = _project_views(mu, gview)                                        # (P,M,2)
+        gview = index_views(grp["views"], gp)
+        pix, depth, _ = project_views(mu, gview)                                        # (P,M,2)
         diff = grp["u"][gp] - pix
         gauss = self.noise.log_density((diff * diff).sum(-1), self.values["pixel_scale"])
         lr = torch.log(self.values["mark_real"])[c[:, None], grp["bin"][gp]]
-        ok = grp["mask"][gp] & _inside(pix, depth)
+        ok = grp["mask"][gp] & inside_image(pix, depth)
         term = torch.where(ok, torch.log(self.values["rates"])[c][:, None] + gauss + lr,
                            torch.full((), -math.inf, dtype=self.dtype))
         return term.unsqueeze(-1)
@@ -162,9 +162,9 @@ class BirthProposals:
         lse_g = lse[grp["v"][:, None], grp["t"], grp["d"]][gp].unsqueeze(-1)            # (P,M,1)
         mask_g = grp["mask"][gp].unsqueeze(-1)
         rate = self.values["rates"][cp]
-        kw = dict(u=grp["u"][gp].unsqueeze(2), views=_index_views(grp["views"], gp), rate=rate,
+        kw = dict(u=grp["u"][gp].unsqueeze(2), views=index_views(grp["views"], gp), rate=rate,
                   sigma=self.values["pixel_scale"],
-                  expo_views=_views(data["cams"][vp], f[vp], right[vp], up[vp], _half(self.values)),
+                  expo_views=views_of(data["cams"][vp], f[vp], right[vp], up[vp], half_fov_of(self.values)),
                   expo_mask=data["frame_mask"][vp], noise=self.noise)
         zero = torch.zeros((), dtype=self.dtype)
         for _ in range(3):                                                       # local EM on each candidate
@@ -174,8 +174,8 @@ class BirthProposals:
         term = self._candidate_terms(gp, mu)
         new = torch.logaddexp(lse_g, term)
         g = torch.where(mask_g, (term - new).exp(), zero)
-        epix, edepth, _ = _project_views(mu, kw["expo_views"])
-        evis = _inside(epix, edepth) & kw["expo_mask"]
+        epix, edepth, _ = project_views(mu, kw["expo_views"])
+        evis = inside_image(epix, edepth) & kw["expo_mask"]
         dll = torch.where(mask_g, new - lse_g, zero).sum((-1, -2)) - rate * evis.to(self.dtype).sum(-1)
         H = location_hessian(mu, g=g, **kw)
         gain = dll + self._per_object_prior() + log_occam(H, mu, self.lo, self.hi)

@@ -11,7 +11,7 @@ import torch
 
 from metagen_ppl.domain.metagen_data import CATEGORIES
 from metagen_ppl.engine.enumeration import EStep
-from metagen_ppl.models.projective.generative import (_V_SITES, IMPOSSIBLE, LOG_AREA, _half, _structure,
+from metagen_ppl.models.projective.generative import (V_SITES, IMPOSSIBLE, LOG_AREA, half_fov_of, structure_of,
                                                       assignment_logits, category_intensity, log_prior,
                                                       object_pixels)
 from metagen_ppl.models.detector.generative import check_inside_box
@@ -30,7 +30,7 @@ def joint_log_terms(data, values, cats, active, num_categories=len(CATEGORIES), 
     mask = data["det_mask"]
     locs = values["locs"]
     rates, hall, sigma = values["rates"], values["hallucination"], values["pixel_scale"].reshape(())
-    pix, vis = object_pixels(data, locs, _half(values))                         # (V,T,K,2)
+    pix, vis = object_pixels(data, locs, half_fov_of(values))                         # (V,T,K,2)
     logits = assignment_logits(data, rates, hall, cats, active, vis)            # (V,T,D,J)
     diff = u.unsqueeze(-2) - pix.unsqueeze(2)                                   # (V,T,D,K,2)
     gauss = noise.log_density((diff * diff).sum(-1), sigma)
@@ -73,9 +73,9 @@ def estep(data, params, num_objects, *, cats=None, active=None, num_categories=l
 
     ``params`` holds the fitted sites; fixed ones (and ``half_fov``) come from the options.
     """
-    cats, active = _structure(data, num_objects, cats, active)
+    cats, active = structure_of(data, num_objects, cats, active)
     values = dict(params)
-    for k in _V_SITES + ("locs", "half_fov"):
+    for k in V_SITES + ("locs", "half_fov"):
         if options.get(k) is not None and k not in values:
             values[k] = torch.as_tensor(options[k], dtype=data["centers"].dtype)
     joint, lam, vis = joint_log_terms(data, values, cats, active, num_categories, pixel_noise_of(options))
@@ -86,10 +86,10 @@ def estep(data, params, num_objects, *, cats=None, active=None, num_categories=l
     loglik = lse.sum((-1, -2)) + frame_terms(data, lam)
     if options.get("locs") is None:    # fitted locations: uniform prior on the room (density 0 outside)
         check_inside_box(values["locs"], active, data["box"][0], data["box"][1])
-    learned = {k for k in _V_SITES if options.get(k) is None}
+    learned = {k for k in V_SITES if options.get(k) is None}
     # the uniform location prior counts only where the locations are fitted (a site of the model)
     located = active if options.get("locs") is None else torch.zeros_like(active)
-    lp = log_prior(values, learned, located, data, **{k: v for k, v in options.items() if k not in _V_SITES})
+    lp = log_prior(values, learned, located, data, **{k: v for k, v in options.items() if k not in V_SITES})
     total = loglik.sum()
     return EStep(log_joint=float(total + lp), log_likelihood=float(total), log_prior=float(lp),
                  marginals={"z": resp}, weights={},

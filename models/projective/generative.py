@@ -179,10 +179,10 @@ DEFAULTS = dict(
 )
 
 
-_V_SITES = ("rates", "hallucination", "pixel_scale", "mark_real", "mark_hall")
+V_SITES = ("rates", "hallucination", "pixel_scale", "mark_real", "mark_hall")
 
 
-def _opt(options: dict, key: str) -> float:
+def hyperparameter(options: dict, key: str) -> float:
     v = options.get(key)
     return float(DEFAULTS[key] if v is None else v)
 
@@ -228,7 +228,7 @@ def select_videos(data: dict, index) -> dict:
     return {k: (v if k == "box" else v[idx]) for k, v in data.items()}
 
 
-def _box(data):
+def box_bounds(data):
     box = data["box"]
     lo, hi = box[0], box[1]
     return lo, hi, float(torch.log(hi - lo).sum())
@@ -257,7 +257,7 @@ def pixel_to_ray(pixels, cams, looks, half_fov=HALF_FOV):
     return ray / ray.norm(dim=-1, keepdim=True)
 
 
-def _half(values) -> torch.Tensor:
+def half_fov_of(values) -> torch.Tensor:
     h = values.get("half_fov") if values is not None else None
     return torch.tensor(HALF_FOV, dtype=torch.float64) if h is None else torch.as_tensor(h)
 
@@ -269,14 +269,14 @@ def object_pixels(data: dict, locs: torch.Tensor, half_fov=HALF_FOV):
     return pix, vis
 
 
-def _structure(data, num_objects, cats, active):
+def structure_of(data, num_objects, cats, active):
     return check_structure(
         cats, active, data["cams"].shape[0], num_objects, axis="V",
         missing="model 'projective' needs the structure as options: cats (V, K) slot categories "
                 "and active (V, K) bool; metagen_ppl.models.projective.fit_videos searches over structures")
 
 
-def _clamp_box(mu, lo, hi):
+def clamp_to_box(mu, lo, hi):
     eps = 1e-6 * (hi - lo)
     return torch.maximum(torch.minimum(mu, hi - eps), lo + eps)
 
@@ -393,11 +393,11 @@ def model(data, num_objects, *, cats=None, active=None, locs=None, rates=None, h
     C = int(num_categories)
     B = num_bins()
     noise = pixel_noise_of({"pixel_noise": pixel_noise})
-    cats, active = _structure(data, K, cats, active)
-    lo, hi, _ = _box(data)
+    cats, active = structure_of(data, K, cats, active)
+    lo, hi, _ = box_bounds(data)
 
     def gamma(a, b):
-        return dist.Gamma(torch.tensor(_opt(opts, a), dtype=dtype), torch.tensor(_opt(opts, b), dtype=dtype))
+        return dist.Gamma(torch.tensor(hyperparameter(opts, a), dtype=dtype), torch.tensor(hyperparameter(opts, b), dtype=dtype))
 
     if rates is None:
         rates = pyro.sample("rates", gamma("rate_prior_shape", "rate_prior_rate").expand([C]).to_event(1))
@@ -409,11 +409,11 @@ def model(data, num_objects, *, cats=None, active=None, locs=None, rates=None, h
     else:
         hallucination = torch.as_tensor(hallucination, dtype=dtype)
     if pixel_scale is None:
-        pixel_scale = pyro.sample("pixel_scale", _scale_prior(_opt(opts, "scale_prior_shape"),
-                                                              _opt(opts, "scale_prior_rate"), dtype))
+        pixel_scale = pyro.sample("pixel_scale", _scale_prior(hyperparameter(opts, "scale_prior_shape"),
+                                                              hyperparameter(opts, "scale_prior_rate"), dtype))
     else:
         pixel_scale = torch.as_tensor(float(pixel_scale), dtype=dtype)
-    conc = torch.full((C, B), _opt(opts, "mark_concentration"), dtype=dtype)
+    conc = torch.full((C, B), hyperparameter(opts, "mark_concentration"), dtype=dtype)
     if mark_real is None:
         mark_real = pyro.sample("mark_real", dist.Dirichlet(conc).to_event(1))
     else:
@@ -460,10 +460,10 @@ def prior_params(num_categories=len(CATEGORIES), dtype=torch.float64, **options)
     ``r_c = a_r / b_r``, ``h_c = a_h / b_h``, uniform marks, ``sigma_px = sqrt(b_s / (a_s - 1))``.
     """
     C, B = int(num_categories), num_bins()
-    a_s, b_s = _opt(options, "scale_prior_shape"), _opt(options, "scale_prior_rate")
-    return {"rates": torch.full((C,), _opt(options, "rate_prior_shape") / _opt(options, "rate_prior_rate"),
+    a_s, b_s = hyperparameter(options, "scale_prior_shape"), hyperparameter(options, "scale_prior_rate")
+    return {"rates": torch.full((C,), hyperparameter(options, "rate_prior_shape") / hyperparameter(options, "rate_prior_rate"),
                                 dtype=dtype),
-            "hallucination": torch.full((C,), _opt(options, "hall_prior_shape") / _opt(options, "hall_prior_rate"),
+            "hallucination": torch.full((C,), hyperparameter(options, "hall_prior_shape") / hyperparameter(options, "hall_prior_rate"),
                                         dtype=dtype),
             "pixel_scale": torch.tensor(math.sqrt(b_s / max(a_s - 1.0, 0.5)), dtype=dtype),
             "mark_real": torch.full((C, B), 1.0 / B, dtype=dtype),
@@ -478,16 +478,16 @@ def log_prior(values: dict, learned, active, data, **options) -> torch.Tensor:
     for name, a, b in (("rates", "rate_prior_shape", "rate_prior_rate"),
                        ("hallucination", "hall_prior_shape", "hall_prior_rate")):
         if name in learned:
-            g = dist.Gamma(torch.tensor(_opt(options, a), dtype=dtype), torch.tensor(_opt(options, b), dtype=dtype))
+            g = dist.Gamma(torch.tensor(hyperparameter(options, a), dtype=dtype), torch.tensor(hyperparameter(options, b), dtype=dtype))
             total = total + g.log_prob(values[name]).sum()
     if "pixel_scale" in learned:
-        total = total + _scale_log_prior(values["pixel_scale"].reshape(()), _opt(options, "scale_prior_shape"),
-                                         _opt(options, "scale_prior_rate"))
+        total = total + _scale_log_prior(values["pixel_scale"].reshape(()), hyperparameter(options, "scale_prior_shape"),
+                                         hyperparameter(options, "scale_prior_rate"))
     for name in ("mark_real", "mark_hall"):
         if name in learned:
-            conc = torch.full(values[name].shape, _opt(options, "mark_concentration"), dtype=dtype)
+            conc = torch.full(values[name].shape, hyperparameter(options, "mark_concentration"), dtype=dtype)
             total = total + dist.Dirichlet(conc).log_prob(values[name]).sum()
-    _, _, log_vol = _box(data)
+    _, _, log_vol = box_bounds(data)
     return total - log_vol * int(torch.as_tensor(active).sum())
 
 
@@ -498,27 +498,27 @@ def initialize(data, num_objects, generator, *, cats=None, active=None, locs=Non
     category, at mid height of the room; the parameters at their prior means."""
     V = data["cams"].shape[0]
     K = int(num_objects)
-    cats, active = _structure(data, K, cats, active)
-    lo, hi, _ = _box(data)
+    cats, active = structure_of(data, K, cats, active)
+    lo, hi, _ = box_bounds(data)
     out = {k: v for k, v in prior_params(num_categories, data["centers"].dtype, **options).items()
            if options.get(k) is None}
     if locs is None:
         init = ((lo + hi) / 2).expand(V, K, 3).clone()
         for (v, k), (t, d) in random_detection_per_slot(data, cats, active, generator).items():
-            init[v, k] = _ray_at_height(data["centers"][v, t, d], data["cams"][v, t], data["looks"][v, t],
+            init[v, k] = ray_at_mid_height(data["centers"][v, t, d], data["cams"][v, t], data["looks"][v, t],
                                         lo, hi, options.get("half_fov") or HALF_FOV)
         out["locs"] = init
     return out
 
 
-def _ray_at_height(pixels, cams, looks, lo, hi, half_fov=HALF_FOV):
+def ray_at_mid_height(pixels, cams, looks, lo, hi, half_fov=HALF_FOV):
     """The point of each detection's viewing ray at the room's mid height (clamped into the room)."""
     ray = pixel_to_ray(pixels, cams, looks, half_fov)
     y_mid = (lo[1] + hi[1]) / 2
     dy = ray[..., 1]
     t = torch.where(dy < -1e-6, (y_mid - cams[..., 1]) / dy.clamp_max(-1e-6), torch.full_like(dy, 3.0))
     t = t.clamp(0.1, 20.0)
-    return _clamp_box(cams + t.unsqueeze(-1) * ray, lo, hi)
+    return clamp_to_box(cams + t.unsqueeze(-1) * ray, lo, hi)
 
 
 # --------------------------------------------------------------------------- the detector's parameters as JSON

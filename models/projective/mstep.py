@@ -8,8 +8,8 @@ import torch
 
 from metagen_ppl.domain.camera import IMAGE_SIZE, camera_frame
 from metagen_ppl.domain.metagen_data import CATEGORIES
-from metagen_ppl.models.projective.generative import (HALF_FOV, IMPOSSIBLE, _box, _clamp_box, _half, _opt,
-                                                      _structure, num_bins, object_pixels)
+from metagen_ppl.models.projective.generative import (HALF_FOV, IMPOSSIBLE, box_bounds, clamp_to_box, half_fov_of, hyperparameter,
+                                                      structure_of, num_bins, object_pixels)
 from metagen_ppl.models.projective.noise import GAUSSIAN, pixel_noise_of
 
 
@@ -34,7 +34,7 @@ def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active
     V, T, D = u.shape[:3]
     K = int(num_objects)
     C, B = int(num_categories), num_bins()
-    cats, active = _structure(data, K, cats, active)
+    cats, active = structure_of(data, K, cats, active)
     mask = data["det_mask"]
     g = marginals["z"].reshape(V, T, D, K + 1).to(dtype) * mask.unsqueeze(-1).to(dtype)
     L = params["locs"].to(dtype) if locs is None else torch.as_tensor(locs, dtype=dtype)
@@ -44,22 +44,22 @@ def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active
     gk = g[..., 1:]
     nk = gk.sum((1, 2))                                                         # (V,K)
     if rates is None:
-        a, b = _opt(options, "rate_prior_shape"), _opt(options, "rate_prior_rate")
+        a, b = hyperparameter(options, "rate_prior_shape"), hyperparameter(options, "rate_prior_rate")
         expo = (vis & active[:, None, :]).to(dtype).sum(1)                      # (V,K)
         n_c = torch.zeros(C, dtype=dtype).index_add_(0, cats.reshape(-1), (nk * active).reshape(-1))
         e_c = torch.zeros(C, dtype=dtype).index_add_(0, cats.reshape(-1), expo.reshape(-1))
         out["rates"] = ((n_c + a - 1) / (e_c + b)).clamp_min(1e-9)
     if hallucination is None:
-        a, b = _opt(options, "hall_prior_shape"), _opt(options, "hall_prior_rate")
+        a, b = hyperparameter(options, "hall_prior_shape"), hyperparameter(options, "hall_prior_rate")
         n_h = torch.zeros(C, dtype=dtype).index_add_(0, data["categories"].reshape(-1), g[..., 0].reshape(-1))
         frames = data["frame_mask"].sum().to(dtype)
         out["hallucination"] = ((n_h + a - 1) / (frames + b)).clamp_min(1e-9)
     if pixel_scale is None:
-        a, b = _opt(options, "scale_prior_shape"), _opt(options, "scale_prior_rate")
+        a, b = hyperparameter(options, "scale_prior_shape"), hyperparameter(options, "scale_prior_rate")
         diff = u.unsqueeze(-2) - pix.unsqueeze(2)                               # (V,T,D,K,2)
         out["pixel_scale"] = pixel_noise_of(options).scale_mstep(gk, (diff * diff).sum(-1), params["pixel_scale"],
                                                                  a, b)
-    alpha = _opt(options, "mark_concentration")
+    alpha = hyperparameter(options, "mark_concentration")
     flat = (data["categories"] * B + data["score_bins"]).reshape(-1)
     for name, w, given in (("mark_real", gk.sum(-1), mark_real), ("mark_hall", g[..., 0], mark_hall)):
         if given is None:
@@ -70,12 +70,12 @@ def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active
 
 
 # --------------------------------------------------------------------------- locations
-def _camera_axes(data):
+def camera_axes(data):
     f, right, up = camera_frame(data["cams"], data["looks"])                    # (V,T,3)
     return f, right, up
 
 
-def _project_with_jacobian(mu, cams, f, right, up, half_fov=HALF_FOV, jacobian=True, R=None):
+def project_with_jacobian(mu, cams, f, right, up, half_fov=HALF_FOV, jacobian=True, R=None):
     """Pixels ``(..., 2)``, depth and the Jacobian ``d pixel / d mu`` ``(..., 2, 3)``.
 
     ``mu`` broadcasts against the camera tensors (all ``(..., 3)``); ``R`` (optional,
@@ -100,23 +100,23 @@ def _project_with_jacobian(mu, cams, f, right, up, half_fov=HALF_FOV, jacobian=T
     return torch.stack([px, py], -1), z, torch.stack([jx, jy], -2)
 
 
-def _inside(pix, depth):
+def inside_image(pix, depth):
     return ((pix >= 0) & (pix <= IMAGE_SIZE)).all(-1) & (depth > 0)
 
 
-def _views(cams, f, right, up, half_fov=HALF_FOV):
+def views_of(cams, f, right, up, half_fov=HALF_FOV):
     """A bundle of cameras ``(N, A, 3)`` (positions and camera frames) with their half field of view."""
     return {"cams": cams, "f": f, "right": right, "up": up, "half": half_fov, "R": torch.stack([right, up, f], -2)}
 
 
-def _index_views(views, idx):
+def index_views(views, idx):
     return {k: (x if k == "half" else x[idx]) for k, x in views.items()}
 
 
-def _project_views(mu, views, jacobian=False):
+def project_views(mu, views, jacobian=False):
     """Pixels ``(N, A, 2)``, depth ``(N, A)`` and (if asked) the Jacobian ``(N, A, 2, 3)`` of ``mu``
     (N, 3) in ``views``."""
-    return _project_with_jacobian(mu[:, None, :], views["cams"], views["f"], views["right"], views["up"],
+    return project_with_jacobian(mu[:, None, :], views["cams"], views["f"], views["right"], views["up"],
                                   views["half"], jacobian, views.get("R"))
 
 
@@ -133,15 +133,15 @@ def location_objective(mu, u, g, views, rate, sigma, expo_views=None, expo_mask=
     Returns ``(N,)``: ``sum g log p(u - P(mu)) - r_c #visible frames + IMPOSSIBLE * sum_{invisible} g``
     (``log p``: the pixel ``noise`` without its constant terms; Gaussian: ``-|u - P(mu)|^2 / (2 sigma^2)``).
     """
-    pix, depth, _ = _project_views(mu, views)
-    vis = _inside(pix, depth)
+    pix, depth, _ = project_views(mu, views)
+    vis = inside_image(pix, depth)
     diff = u - pix.unsqueeze(2)
     fit = noise.expected_log_density(g, (diff * diff).sum(-1), sigma, dim=(-1, -2))
     zero = torch.zeros((), dtype=mu.dtype)
     bad = torch.where(vis, zero, g.sum(-1)).sum(-1) * (-IMPOSSIBLE)
     if expo_views is not None:
-        epix, edepth, _ = _project_views(mu, expo_views)
-        evis = _inside(epix, edepth)
+        epix, edepth, _ = project_views(mu, expo_views)
+        evis = inside_image(epix, edepth)
     else:
         evis = vis
     if expo_mask is not None:
@@ -169,7 +169,7 @@ def gauss_newton_locations(mu, u, g, views, rate, sigma, lo, hi, *, expo_views=N
     gt = g.sum(-1)                                                                # (N,A)
     w2 = gt.repeat_interleave(2, dim=1).unsqueeze(-1)                            # (N,2A,1)
     for _ in range(iters):
-        pix, depth, J = _project_views(mu, views, True)                          # (N,A,2), (N,A,2,3)
+        pix, depth, J = project_views(mu, views, True)                          # (N,A,2), (N,A,2,3)
         res = u - pix.unsqueeze(2)                                               # (N,A,D,2)
         if noise.reweights:                                                      # IRLS weights at mu
             gw = g * noise.weights((res * res).sum(-1), sigma)
@@ -181,7 +181,7 @@ def gauss_newton_locations(mu, u, g, views, rate, sigma, lo, hi, *, expo_views=N
         scale = torch.diagonal(H, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-9)
         A = H + (lam * scale)[:, None, None] * eye + 1e-9 * eye
         step = torch.linalg.solve(A, grad.unsqueeze(-1)).squeeze(-1)
-        new = _clamp_box(mu + step, lo, hi)
+        new = clamp_to_box(mu + step, lo, hi)
         val = location_objective(new, u, g, views, rate, sigma, **kw)
         ok = val > cur
         mu = torch.where(ok.unsqueeze(-1), new, mu)
@@ -190,13 +190,13 @@ def gauss_newton_locations(mu, u, g, views, rate, sigma, lo, hi, *, expo_views=N
     return mu, cur
 
 
-def _object_batch(data, resp, cats, active, values, noise=GAUSSIAN):
+def object_batch(data, resp, cats, active, values, noise=GAUSSIAN):
     """Flatten the active objects: index ``(v, k)`` pairs and their per-object inputs."""
     vk = active.nonzero()                                                        # (N,2)
     v, k = vk[:, 0], vk[:, 1]
-    f, right, up = _camera_axes(data)
+    f, right, up = camera_axes(data)
     return v, k, dict(u=data["centers"][v], g=resp[v, :, :, k + 1],
-                      views=_views(data["cams"][v], f[v], right[v], up[v], _half(values)),
+                      views=views_of(data["cams"][v], f[v], right[v], up[v], half_fov_of(values)),
                       expo_mask=data["frame_mask"][v],
                       rate=values["rates"][cats[v, k]], sigma=values["pixel_scale"].reshape(()), noise=noise)
 
@@ -207,8 +207,8 @@ def location_mstep(data, values, resp, cats, active, iters=8, noise=GAUSSIAN) ->
     locs = values["locs"].clone()
     if not bool(active.any()):
         return locs
-    lo, hi, _ = _box(data)
-    v, k, kw = _object_batch(data, resp, cats, active, values, noise)
+    lo, hi, _ = box_bounds(data)
+    v, k, kw = object_batch(data, resp, cats, active, values, noise)
     mu, _ = gauss_newton_locations(locs[v, k], lo=lo, hi=hi, iters=iters, **kw)
     locs[v, k] = mu
     return locs

@@ -10,7 +10,7 @@ from pyro.infer import MCMC, NUTS
 
 from metagen_ppl.errors import DataError
 from metagen_ppl.models.projective.estep import video_log_likelihood
-from metagen_ppl.models.projective.generative import _box
+from metagen_ppl.models.projective.generative import box_bounds
 from metagen_ppl.models.projective.noise import pixel_noise_of
 
 
@@ -35,7 +35,7 @@ def nuts_locations(data, values, cats, active, *, num_samples=100, warmup_steps=
         raise DataError("nuts_locations samples one video at a time (V = 1)")
     t0 = time.perf_counter()
     noise = pixel_noise_of(options)
-    lo, hi, _ = _box(data)
+    lo, hi, _ = box_bounds(data)
     idx = active[0].nonzero().reshape(-1)
     n = len(idx)
     base = dict(values)

@@ -13,8 +13,8 @@ import math
 import torch
 
 from metagen_ppl.domain.metagen_data import CATEGORIES
-from metagen_ppl.models.projective.generative import DEFAULTS, _box
-from metagen_ppl.models.projective.mstep import _object_batch, _project_views
+from metagen_ppl.models.projective.generative import DEFAULTS, box_bounds
+from metagen_ppl.models.projective.mstep import object_batch, project_views
 from metagen_ppl.models.projective.noise import GAUSSIAN
 
 
@@ -27,7 +27,7 @@ def location_hessian(mu, u, g, views, sigma, noise=GAUSSIAN, **_):
     """
     with torch.enable_grad():
         x = mu.detach().clone().requires_grad_(True)
-        pix, _, _ = _project_views(x, views)
+        pix, _, _ = project_views(x, views)
         diff = u - pix.unsqueeze(2)
         nq = -noise.expected_log_density(g, (diff * diff).sum(-1), sigma)      # -Q (smooth part)
         (grad,) = torch.autograd.grad(nq, x, create_graph=True)
@@ -82,8 +82,8 @@ def object_occam(data, values, resp, cats, active, noise=GAUSSIAN) -> torch.Tens
     out = torch.zeros(V, K, dtype=data["centers"].dtype)
     if not bool(active.any()):
         return out
-    lo, hi, _ = _box(data)
-    v, k, kw = _object_batch(data, resp, cats, active, values, noise)
+    lo, hi, _ = box_bounds(data)
+    v, k, kw = object_batch(data, resp, cats, active, values, noise)
     mu = values["locs"][v, k]
     H = location_hessian(mu, **kw)
     out[v, k] = log_occam(H, mu, lo, hi)

@@ -26,9 +26,9 @@ from metagen_ppl.engine.structure import Moves, StructureSearch
 from metagen_ppl.errors import DataError
 from metagen_ppl.models.projective.births import BirthProposals
 from metagen_ppl.models.projective.estep import frame_terms, joint_log_terms, video_log_likelihood
-from metagen_ppl.models.projective.generative import (_V_SITES, DEFAULTS, HALF_FOV, _box, _clamp_box, _half,
+from metagen_ppl.models.projective.generative import (V_SITES, DEFAULTS, HALF_FOV, box_bounds, clamp_to_box, half_fov_of,
                                                       log_prior, model, prior_params)
-from metagen_ppl.models.projective.mstep import (_camera_axes, _index_views, _views, closed_form_mstep,
+from metagen_ppl.models.projective.mstep import (camera_axes, index_views, views_of, closed_form_mstep,
                                                  gauss_newton_locations)
 from metagen_ppl.models.projective.noise import pixel_noise_of
 from metagen_ppl.models.projective.occam import location_hessian, log_occam, structure_penalty
@@ -79,7 +79,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         self.noise = pixel_noise_of(options)
         self.mode = mode
         self.tol, self.max_iter, self.gn_iters = tol, max_iter, gn_iters
-        self.lo, self.hi, self.log_vol = _box(data)
+        self.lo, self.hi, self.log_vol = box_bounds(data)
         prior = prior_params(self.C, self.dtype, **self.options)
         self.values = dict(prior)
         self.values["half_fov"] = torch.tensor(HALF_FOV if half_fov is None else float(half_fov), dtype=self.dtype)
@@ -90,18 +90,18 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         self._fov_moved = 0.0
         self.fov_range = tuple(math.radians(x / 2) for x in fov_range)
         if mode == "learn":
-            self.learned = set(_V_SITES)
+            self.learned = set(V_SITES)
         elif mode == "lesioned":
             self.learned = {"pixel_scale"}
         elif mode == "fixed":
             if params is None:
                 raise DataError("mode 'fixed' needs the parameters (V, pixel_scale, marks) to use")
-            self.values.update({k: torch.as_tensor(params[k], dtype=self.dtype) for k in _V_SITES})
+            self.values.update({k: torch.as_tensor(params[k], dtype=self.dtype) for k in V_SITES})
             self.learned = set()
         else:
-            self.learned = set(_V_SITES)
+            self.learned = set(V_SITES)
         if params is not None and mode == "learn":
-            self.values.update({k: torch.as_tensor(params[k], dtype=self.dtype) for k in _V_SITES if k in params})
+            self.values.update({k: torch.as_tensor(params[k], dtype=self.dtype) for k in V_SITES if k in params})
         if mode == "truth":
             if truth is None:
                 raise DataError("mode 'truth' needs the true objects (cats, positions, mask)")
@@ -120,7 +120,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
             self.cats = torch.zeros(self.V, self.K, dtype=torch.long)
             self.active = torch.zeros(self.V, self.K, dtype=torch.bool)
             self.values["locs"] = ((self.lo + self.hi) / 2).expand(self.V, self.K, 3).clone()
-        f, right, up = _camera_axes(data)
+        f, right, up = camera_axes(data)
         self.axes = (f, right, up)
         self._build_groups()
         self.num_scenes, self.max_objects = self.V, self.K
@@ -132,7 +132,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
     def _compact_batch(self, resp):
         """Active objects with only the detections of their (video, category) group:
         ``u`` (N, M, 1, 2), ``g`` (N, M, 1), one camera per detection, the video's frames
-        for the exposure. Same objective as :func:`_object_batch`, far smaller tensors."""
+        for the exposure. Same objective as :func:`object_batch`, far smaller tensors."""
         if float(self.grp["views"]["half"]) != float(self.values["half_fov"]):
             self._build_groups()
         grp = self.grp
@@ -142,9 +142,9 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         t, d = grp["t"][gi], grp["d"][gi]
         g = resp[v[:, None], t, d, (k + 1)[:, None]] * grp["mask"][gi].to(self.dtype)      # (N,M)
         f, right, up = self.axes
-        half = _half(self.values)
-        return v, k, dict(u=grp["u"][gi].unsqueeze(2), g=g.unsqueeze(-1), views=_index_views(grp["views"], gi),
-                          expo_views=_views(self.data["cams"][v], f[v], right[v], up[v], half),
+        half = half_fov_of(self.values)
+        return v, k, dict(u=grp["u"][gi].unsqueeze(2), g=g.unsqueeze(-1), views=index_views(grp["views"], gi),
+                          expo_views=views_of(self.data["cams"][v], f[v], right[v], up[v], half),
                           expo_mask=self.data["frame_mask"][v], rate=self.values["rates"][self.cats[v, k]],
                           sigma=self.values["pixel_scale"].reshape(()), noise=self.noise)
 
@@ -163,11 +163,11 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
 
         opts = dict(self.options, cats=self.cats, active=self.active, num_categories=self.C, pixel_noise=self.noise,
                     half_fov=self.values["half_fov"],
-                    **{k: self.values[k] for k in _V_SITES})
+                    **{k: self.values[k] for k in V_SITES})
         em = EnumeratedModel(model, self.data, self.K, opts)
         est = em.estep({"locs": self.values["locs"]})
         new = optimizer_mstep(em, {"locs": self.values["locs"]}, est, ["locs"], steps=steps)
-        self.values["locs"] = _clamp_box(new["locs"], self.lo, self.hi)
+        self.values["locs"] = clamp_to_box(new["locs"], self.lo, self.hi)
 
     def _occam(self, resp):
         out = torch.zeros(self.active.shape, dtype=self.dtype)
@@ -237,7 +237,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         (ECM: every third iteration; a global search first, then Newton steps), the locations."""
         upd = closed_form_mstep(self.data, {"z": resp}, self.values, self.K, cats=self.cats, active=self.active,
                                 num_categories=self.C, pixel_noise=self.noise, **self.options,
-                                **{k: self.values[k] for k in _V_SITES if k not in self.learned})
+                                **{k: self.values[k] for k in V_SITES if k not in self.learned})
         self.values.update({k: v for k, v in upd.items() if k in self.learned})
         if self.learn_fov and bool(self.active.any()) and (iteration - 1) % 3 == 0:
             if self._fov_searched:
