@@ -189,11 +189,11 @@ def fit_em_units(spec, data, videos, learn_on, progress, kw, units=None) -> EMFi
                        fit.resp)
     if not idx_a:
         raise DataError("--learn-on train needs videos 1-50 (split A) to learn V on")
-    fit_a = fit_unit(spec, spec.module.select_videos(data, idx_a), "learn", progress, "EM fit, split A (V learned)", units=units,
-                 name="em_learn_A", **kw)
+    fit_a = fit_unit(spec, spec.module.select_videos(data, idx_a), "learn", progress, "EM fit, split A (V learned)",
+                     units=units, name="em_learn_A", **kw)
     params = V_params(fit_a.values)
-    fit_b = fit_unit(spec, spec.module.select_videos(data, idx_b), "fixed", progress, "EM fit, split B (V fixed)", params=params,
-                 units=units, name="em_fixed_B", **kw)
+    fit_b = fit_unit(spec, spec.module.select_videos(data, idx_b), "fixed", progress, "EM fit, split B (V fixed)",
+                     params=params, units=units, name="em_fixed_B", **kw)
     objs = [None] * V
     for fit, idx in ((fit_a, idx_a), (fit_b, idx_b)):
         for i, o in zip(idx, fit.objects()):

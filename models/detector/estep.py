@@ -60,6 +60,18 @@ def frame_terms(data, lam):
     return torch.where(data["frame_mask"], per_frame, torch.zeros((), dtype=dtype)).sum(-1)
 
 
+def detection_posterior(joint: torch.Tensor, mask: torch.Tensor):
+    """Per detection the log of its intensity ``lse = logsumexp_j joint[..., j]`` and the posterior of its
+    assignment ``resp = exp(joint - lse)``, both zero for padded detections (``mask`` False).
+
+    ``joint`` ``(..., D, J)`` holds ``log w_j + log p_j(detection)`` per assignment ``j``; shared by
+    the detector and projective models' E-steps and structure moves."""
+    zero = torch.zeros((), dtype=joint.dtype)
+    lse = torch.where(mask, joint.logsumexp(-1), zero)
+    resp = torch.where(mask.unsqueeze(-1), (joint - lse.unsqueeze(-1)).exp(), zero)
+    return lse, resp
+
+
 def scene_log_likelihood(data, params, cats, active, *, num_categories=len(CATEGORIES), **options):
     """Direct batched E-step: per-scene ``log p(x_s | theta, structure)`` and responsibilities.
 
@@ -72,12 +84,8 @@ def scene_log_likelihood(data, params, cats, active, *, num_categories=len(CATEG
     resp : (S, T, D, K + 1) posterior of ``z`` (zero rows for padded detections)
     """
     joint, lam = joint_log_terms(data, params, cats, active, num_categories=num_categories, **options)
-    mask = data["det_mask"]
-    zero = torch.zeros((), dtype=joint.dtype)
-    lse = joint.logsumexp(-1)
-    resp = torch.where(mask.unsqueeze(-1), (joint - lse.unsqueeze(-1)).exp(), zero)
-    loglik = torch.where(mask, lse, zero).sum((-1, -2)) + frame_terms(data, lam)
-    return loglik, resp
+    lse, resp = detection_posterior(joint, data["det_mask"])
+    return lse.sum((-1, -2)) + frame_terms(data, lam), resp
 
 
 def estep(data, params, num_objects, *, cats=None, active=None, num_categories=len(CATEGORIES), **options) -> EStep:

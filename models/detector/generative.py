@@ -314,8 +314,8 @@ def model(data, num_objects, *, cats=None, active=None, rates=None, hallucinatio
     cats, active = structure_of(data, K, cats, active)
     lo, hi, _ = box_bounds(data)
     if rates is None:
-        rates = pyro.sample("rates", dist.Gamma(torch.tensor(float(hyperparameter(opts, "rate_prior_shape")), dtype=dtype),
-                                                torch.tensor(float(hyperparameter(opts, "rate_prior_rate")), dtype=dtype))
+        shape, rate = (float(hyperparameter(opts, k)) for k in ("rate_prior_shape", "rate_prior_rate"))
+        rates = pyro.sample("rates", dist.Gamma(torch.tensor(shape, dtype=dtype), torch.tensor(rate, dtype=dtype))
                             .expand([C]).to_event(1))
     else:
         rates = torch.as_tensor(rates, dtype=dtype)

@@ -35,7 +35,8 @@ from metagen_ppl.engine.structure import Moves, StructureSearch
 from metagen_ppl.engine.svi import fit_svi
 from metagen_ppl.errors import DataError
 from metagen_ppl.models.detector import generative
-from metagen_ppl.models.detector.estep import parameter_values, estep, frame_terms, joint_log_terms, scene_log_likelihood
+from metagen_ppl.models.detector.estep import (detection_posterior, estep, frame_terms, joint_log_terms,
+                                               parameter_values, scene_log_likelihood)
 from metagen_ppl.models.detector.generative import DEFAULTS, box_bounds, hyperparameter, prior_mean_V
 from metagen_ppl.models.detector.mstep import closed_form_mstep
 
@@ -249,10 +250,7 @@ class DetectorSearch(StructureSearch):
         """Joint log terms, their logsumexp, responsibilities, log likelihood and score per scene."""
         values = self.full_values()
         joint, lam = joint_log_terms(self.data, values, self.cats, self.active, num_categories=self.C)
-        mask = self.data["det_mask"]
-        zero = torch.zeros((), dtype=self.dtype)
-        lse = torch.where(mask, joint.logsumexp(-1), zero)
-        resp = torch.where(mask.unsqueeze(-1), (joint - lse.unsqueeze(-1)).exp(), zero)
+        lse, resp = detection_posterior(joint, self.data["det_mask"])
         ll = lse.sum((-1, -2)) + frame_terms(self.data, lam)
         score = ll + self.penalty(resp[..., 1:].sum((1, 2)), self.active, values["scale"])
         return values, joint, lam, lse, resp, ll, score

@@ -17,7 +17,8 @@ import torch
 
 from metagen_ppl.domain.camera import triangulate
 from metagen_ppl.engine.structure import Moves
-from metagen_ppl.models.projective.generative import DEFAULTS, clamp_to_box, half_fov_of, ray_at_mid_height, pixel_to_ray
+from metagen_ppl.models.projective.generative import (DEFAULTS, clamp_to_box, half_fov_of, pixel_to_ray,
+                                                      ray_at_mid_height)
 from metagen_ppl.models.projective.mstep import (index_views, inside_image, project_views, views_of,
                                                  gauss_newton_locations)
 from metagen_ppl.models.projective.occam import location_hessian, log_occam

@@ -14,6 +14,7 @@ from metagen_ppl.engine.enumeration import EStep
 from metagen_ppl.models.projective.generative import (V_SITES, IMPOSSIBLE, LOG_AREA, half_fov_of, structure_of,
                                                       assignment_logits, category_intensity, log_prior,
                                                       object_pixels)
+from metagen_ppl.models.detector.estep import detection_posterior
 from metagen_ppl.models.detector.generative import check_inside_box
 from metagen_ppl.models.projective.noise import GAUSSIAN, pixel_noise_of
 
@@ -58,12 +59,8 @@ def video_log_likelihood(data, values, cats, active, num_categories=len(CATEGORI
     likelihood summed over videos, ``-log n!`` included.
     """
     joint, lam, vis = joint_log_terms(data, values, cats, active, num_categories, noise)
-    mask = data["det_mask"]
-    zero = torch.zeros((), dtype=joint.dtype)
-    lse = joint.logsumexp(-1)
-    resp = torch.where(mask.unsqueeze(-1), (joint - lse.unsqueeze(-1)).exp(), zero)
-    loglik = torch.where(mask, lse, zero).sum((-1, -2)) + frame_terms(data, lam)
-    return loglik, resp
+    lse, resp = detection_posterior(joint, data["det_mask"])
+    return lse.sum((-1, -2)) + frame_terms(data, lam), resp
 
 
 def estep(data, params, num_objects, *, cats=None, active=None, num_categories=len(CATEGORIES), **options) -> EStep:
@@ -79,10 +76,7 @@ def estep(data, params, num_objects, *, cats=None, active=None, num_categories=l
         if options.get(k) is not None and k not in values:
             values[k] = torch.as_tensor(options[k], dtype=data["centers"].dtype)
     joint, lam, vis = joint_log_terms(data, values, cats, active, num_categories, pixel_noise_of(options))
-    mask = data["det_mask"]
-    zero = torch.zeros((), dtype=joint.dtype)
-    lse = torch.where(mask, joint.logsumexp(-1), zero)
-    resp = torch.where(mask.unsqueeze(-1), (joint - lse.unsqueeze(-1)).exp(), zero)
+    lse, resp = detection_posterior(joint, data["det_mask"])
     loglik = lse.sum((-1, -2)) + frame_terms(data, lam)
     if options.get("locs") is None:    # fitted locations: uniform prior on the room (density 0 outside)
         check_inside_box(values["locs"], active, data["box"][0], data["box"][1])

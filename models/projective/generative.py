@@ -397,7 +397,8 @@ def model(data, num_objects, *, cats=None, active=None, locs=None, rates=None, h
     lo, hi, _ = box_bounds(data)
 
     def gamma(a, b):
-        return dist.Gamma(torch.tensor(hyperparameter(opts, a), dtype=dtype), torch.tensor(hyperparameter(opts, b), dtype=dtype))
+        return dist.Gamma(torch.tensor(hyperparameter(opts, a), dtype=dtype),
+                          torch.tensor(hyperparameter(opts, b), dtype=dtype))
 
     if rates is None:
         rates = pyro.sample("rates", gamma("rate_prior_shape", "rate_prior_rate").expand([C]).to_event(1))
@@ -460,11 +461,12 @@ def prior_params(num_categories=len(CATEGORIES), dtype=torch.float64, **options)
     ``r_c = a_r / b_r``, ``h_c = a_h / b_h``, uniform marks, ``sigma_px = sqrt(b_s / (a_s - 1))``.
     """
     C, B = int(num_categories), num_bins()
-    a_s, b_s = hyperparameter(options, "scale_prior_shape"), hyperparameter(options, "scale_prior_rate")
-    return {"rates": torch.full((C,), hyperparameter(options, "rate_prior_shape") / hyperparameter(options, "rate_prior_rate"),
-                                dtype=dtype),
-            "hallucination": torch.full((C,), hyperparameter(options, "hall_prior_shape") / hyperparameter(options, "hall_prior_rate"),
-                                        dtype=dtype),
+    def h(key):
+        return hyperparameter(options, key)
+
+    a_s, b_s = h("scale_prior_shape"), h("scale_prior_rate")
+    return {"rates": torch.full((C,), h("rate_prior_shape") / h("rate_prior_rate"), dtype=dtype),
+            "hallucination": torch.full((C,), h("hall_prior_shape") / h("hall_prior_rate"), dtype=dtype),
             "pixel_scale": torch.tensor(math.sqrt(b_s / max(a_s - 1.0, 0.5)), dtype=dtype),
             "mark_real": torch.full((C, B), 1.0 / B, dtype=dtype),
             "mark_hall": torch.full((C, B), 1.0 / B, dtype=dtype)}
@@ -478,7 +480,8 @@ def log_prior(values: dict, learned, active, data, **options) -> torch.Tensor:
     for name, a, b in (("rates", "rate_prior_shape", "rate_prior_rate"),
                        ("hallucination", "hall_prior_shape", "hall_prior_rate")):
         if name in learned:
-            g = dist.Gamma(torch.tensor(hyperparameter(options, a), dtype=dtype), torch.tensor(hyperparameter(options, b), dtype=dtype))
+            g = dist.Gamma(torch.tensor(hyperparameter(options, a), dtype=dtype),
+                           torch.tensor(hyperparameter(options, b), dtype=dtype))
             total = total + g.log_prob(values[name]).sum()
     if "pixel_scale" in learned:
         total = total + _scale_log_prior(values["pixel_scale"].reshape(()), hyperparameter(options, "scale_prior_shape"),

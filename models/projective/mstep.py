@@ -8,8 +8,8 @@ import torch
 
 from metagen_ppl.domain.camera import IMAGE_SIZE, camera_frame
 from metagen_ppl.domain.metagen_data import CATEGORIES
-from metagen_ppl.models.projective.generative import (HALF_FOV, IMPOSSIBLE, box_bounds, clamp_to_box, half_fov_of, hyperparameter,
-                                                      structure_of, num_bins, object_pixels)
+from metagen_ppl.models.projective.generative import (HALF_FOV, IMPOSSIBLE, box_bounds, clamp_to_box, half_fov_of,
+                                                      hyperparameter, num_bins, object_pixels, structure_of)
 from metagen_ppl.models.projective.noise import GAUSSIAN, pixel_noise_of
 
 

@@ -24,10 +24,11 @@ from metagen_ppl.engine.enumeration import EnumeratedModel, EStep
 from metagen_ppl.engine.mstep import optimizer_mstep
 from metagen_ppl.engine.structure import Moves, StructureSearch
 from metagen_ppl.errors import DataError
+from metagen_ppl.models.detector.estep import detection_posterior
 from metagen_ppl.models.projective.births import BirthProposals
 from metagen_ppl.models.projective.estep import frame_terms, joint_log_terms, video_log_likelihood
-from metagen_ppl.models.projective.generative import (V_SITES, DEFAULTS, HALF_FOV, box_bounds, clamp_to_box, half_fov_of,
-                                                      log_prior, model, prior_params)
+from metagen_ppl.models.projective.generative import (DEFAULTS, HALF_FOV, V_SITES, box_bounds, clamp_to_box,
+                                                      half_fov_of, log_prior, model, prior_params)
 from metagen_ppl.models.projective.mstep import (camera_axes, index_views, views_of, closed_form_mstep,
                                                  gauss_newton_locations)
 from metagen_ppl.models.projective.noise import pixel_noise_of
@@ -181,10 +182,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
     def estep(self):
         """The batched E-step at the current state: ``(joint, lse, resp, loglik, vis)``."""
         joint, lam, vis = joint_log_terms(self.data, self.values, self.cats, self.active, self.C, self.noise)
-        mask = self.data["det_mask"]
-        zero = torch.zeros((), dtype=self.dtype)
-        lse = torch.where(mask, joint.logsumexp(-1), zero)
-        resp = torch.where(mask.unsqueeze(-1), (joint - lse.unsqueeze(-1)).exp(), zero)
+        lse, resp = detection_posterior(joint, self.data["det_mask"])
         loglik = lse.sum((-1, -2)) + frame_terms(self.data, lam)
         return joint, lse, resp, loglik, vis
 
