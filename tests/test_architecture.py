@@ -263,6 +263,30 @@ def test_project_imports_are_at_module_level_only():
     assert not bad, "imports of project modules inside functions (move them to module level):\n" + "\n".join(bad)
 
 
+def test_no_private_helper_crosses_a_module():
+    """A helper another module uses is public: no ``from project.module import _name`` and no
+    ``module._name`` on an imported project module, anywhere under metagen_ppl/ and models/."""
+    bad = []
+    for module, tree in TREES.items():
+        imported_modules = set()
+        for node, _ in IMPORTS[module]:
+            if isinstance(node, ast.ImportFrom) and _is_project_import(module, node):
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        bad.append(f"  {_rel(MODULES[module][0])}:{node.lineno}: {ast.unparse(node)}")
+                    target = f"{node.module}.{a.name}" if node.module else a.name
+                    if target in MODULES:
+                        imported_modules.add(a.asname or a.name)
+            elif isinstance(node, ast.Import) and _is_project_import(module, node):
+                imported_modules.update(a.asname for a in node.names if a.asname)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in imported_modules
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                bad.append(f"  {_rel(MODULES[module][0])}:{node.lineno}: {node.value.id}.{node.attr}")
+    bad = sorted(set(bad))
+    assert not bad, "private helpers used from another module (make them public):\n" + "\n".join(bad)
+
+
 # --------------------------------------------------------------------------- e. the installed layout
 def test_installed_layout_from_outside_the_repository(tmp_path):
     code = textwrap.dedent("""
