@@ -5,10 +5,12 @@ and returns its path. They accept empty or partial lists of results (a method
 that failed is simply absent) and draw what they can; a function with nothing
 to draw writes nothing and returns ``None``.
 
-The scene, objective and assignment plots use matplotlib's object-oriented API
-(no pyplot state, no display needed). The MCMC plots go through arviz, which
-uses pyplot; outside an interactive session the non-interactive Agg backend is
-selected, and every figure arviz opens is closed again before returning.
+The scene, objective, assignment and forest plots use matplotlib's
+object-oriented API (no pyplot state, no display needed). The MCMC trace and
+rank plots go through arviz, which uses pyplot; outside an interactive session
+the non-interactive Agg backend is selected, and every figure arviz opens is
+closed again before returning. Every text is at least 8 pt at the saved size,
+and titles, axis labels and legends do not overlap.
 
 Methods are told apart by colour and marker: the built-in method names have
 fixed styles, and any other name gets a distinct style from a cycle.

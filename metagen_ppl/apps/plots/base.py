@@ -81,11 +81,11 @@ def figure(**kw):
     return Figure(**kw)
 
 
-def save(fig, path, tight: bool = True):
-    """Write ``fig`` as a PNG; ``tight=False`` skips the bounding-box pass (an extra draw),
+def save(fig, path, tight: bool = True, dpi: int = 110):
+    """Write ``fig`` as a PNG at ``dpi``; ``tight=False`` skips the bounding-box pass (an extra draw),
     for big figures whose constrained layout already keeps everything inside."""
     with atomic_path(path) as tmp:  # a killed run never leaves a truncated PNG
-        fig.savefig(tmp, format="png", dpi=110, **({"bbox_inches": "tight"} if tight else {}))
+        fig.savefig(tmp, format="png", dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
 
 
 @contextlib.contextmanager

@@ -68,9 +68,13 @@ def plot_objectives(path, results, title: str = "objectives: EM log joint per it
     point first) and SVI's (the ELBO per step, i.e. minus Pyro's loss; with
     AutoDelta it is the log joint too) have different lengths and start at
     different levels; on a log-scaled x axis (x = 1 for the first value) both
-    fit one panel, and the right panel zooms on the last ``zoom_frac`` of each
-    trace (with dotted lines at each final value) so the reader sees whether they
-    reach the same level. Higher is better on both panels; a trace labelled as a
+    fit one panel. The right panel zooms, in x and y, on the last ``zoom_frac``
+    of the run (of the longest EM/SVI trace, on a linear x axis), with dotted
+    lines at each final value; a trace that ended before that window (EM usually
+    converges in a few iterations) is drawn across it at its final value, so the
+    reader sees whether the methods reach the same level. EM's traces are drawn
+    dashed, with markers and on top of the others, so they stay visible where
+    SVI-MAP reaches the same values. Higher is better on both panels; a trace labelled as a
     loss (not an ELBO) is negated. Results with draws (MCMC: ``trace`` is the
     log joint of each draw) are drawn one faint line per chain against the draw
     index when ``include_draws``.
@@ -84,7 +88,7 @@ def plot_objectives(path, results, title: str = "objectives: EM log joint per it
     title : str
     include_draws : bool
     zoom_frac : float
-        Fraction of each trace (its end) shown in the zoom panel.
+        Fraction of the run (its end) shown in the zoom panel.
 
     Returns
     -------
@@ -115,18 +119,28 @@ def plot_objectives(path, results, title: str = "objectives: EM log joint per it
         return None
     styles = base.styles([c[0] for c in curves])
 
-    fig = base.figure(figsize=(13, 4.8))
+    # the zoom window: the last zoom_frac of the run (of the longest optimisation trace; draws only if
+    # there is nothing else), x and y
+    runs = [c for c in curves if not c[4]] or curves
+    x_end = int(max(c[2][-1] for c in runs))
+    x0 = max(1, min(x_end, int(np.floor(x_end * (1.0 - zoom_frac))) + 1))
+
+    fig = base.figure(figsize=(13, 5.2))
     ax_all, ax_zoom = fig.subplots(1, 2)
-    lows, highs = [], []
-    zlo, zhi, zx = [], [], []
+    lows, highs, zvals, ended = [], [], [], []
     for method, label, x, y, is_draws in curves:
         st = styles[method]
         finite = np.isfinite(y)
         last = y[finite][-1]
+        em_like = method.startswith("em") and not is_draws
         if is_draws:
-            kw = dict(color=st["color"], lw=0.8, alpha=0.55, label=label)
+            kw = dict(color=st["color"], lw=0.8, alpha=0.55, label=label, zorder=2)
         else:
-            kw = dict(color=st["color"], lw=1.5, label=label, marker=st["marker"] if len(y) <= 60 else None, ms=4)
+            # EM on top, dashed, with markers: it stays visible where SVI-MAP reaches the same values
+            kw = dict(color=st["color"], lw=2.0 if em_like else 1.5, ls="--" if em_like else "-", label=label,
+                      zorder=5 if em_like else 3, ms=5 if em_like else 4)
+            if em_like or len(y) <= 60:
+                kw.update(marker=st["marker"], markevery=None if len(y) <= 60 else 0.04)
         for ax in (ax_all, ax_zoom):
             ax.plot(x, y, **kw)
             kw["label"] = None
@@ -135,37 +149,46 @@ def plot_objectives(path, results, title: str = "objectives: EM log joint per it
         vis = vis[np.isfinite(vis)]
         lows.append(vis.min() if vis.size else last)
         highs.append(y[finite].max())
-        # zoom panel: the last zoom_frac of the trace (at least its last value)
-        start = min(len(y) - 1, int(np.floor(len(y) * (1.0 - zoom_frac)))) if len(y) > 2 else 0
-        tail = y[start:][np.isfinite(y[start:])]
-        tail = tail if tail.size else np.asarray([last])
-        zlo.append(tail.min())
-        zhi.append(tail.max())
-        zx.append(x[start])
-        if not is_draws:
-            ax_zoom.axhline(last, color=st["color"], ls=":", lw=1)
+        # zoom panel: the values inside the window; a trace that ended before it: its final value, drawn across
+        inside = y[(x >= x0) & finite]
+        if inside.size:
+            zvals.append(inside)
+            if not is_draws:
+                ax_zoom.axhline(last, color=st["color"], ls=":", lw=1, zorder=1)
+        elif not is_draws:
+            zvals.append(np.asarray([last]))
+            ended.append(f"{method} after {len(y)} values")
+            ax_zoom.axhline(last, color=st["color"], ls="--" if em_like else "-.", lw=2.0, zorder=4 if em_like else 3)
+            ax_zoom.plot([x0], [last], ls="none", marker=st["marker"], color=st["color"], ms=7, zorder=6,
+                         clip_on=False)
     lo, hi = min(lows), max(highs)
     clipped = any(np.nanmin(c[3]) < lo for c in curves)
     pad = 0.04 * (hi - lo) + 1e-9 * max(1.0, abs(hi))
     ax_all.set_ylim(lo - pad, hi + pad)
-    lo, hi = min(zlo), max(zhi)
+    z = np.concatenate(zvals)
+    lo, hi = float(z.min()), float(z.max())
     pad = 0.08 * (hi - lo) + 1e-7 * max(1.0, abs(hi))
     ax_zoom.set_ylim(lo - pad, hi + pad)
-    ax_zoom.set_xlim(left=max(1.0, min(zx)) / 1.15, right=max(c[2][-1] for c in curves) * 1.15)
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+    ax_all.set_xscale("log")
+    ax_all.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax_all.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax_all.xaxis.set_minor_formatter(NullFormatter())
+    ax_all.set_xlabel("iteration (EM) / step (SVI) / draw (MCMC), 1 = first value (log scale)")
+    span = max(x_end - x0, 1)
+    ax_zoom.set_xlim(x0 - 0.02 * span, x_end + 0.02 * span)
+    ax_zoom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_zoom.set_xlabel("iteration / step / draw (linear scale)")
     for ax in (ax_all, ax_zoom):
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("iteration (EM) / step (SVI) / draw (MCMC), 1 = first value (log scale)")
         ax.grid(alpha=0.3, which="both")
     ax_all.set_ylabel("objective (log joint / ELBO; higher is better)")
     ax_all.set_title("all values" + (" (y clipped: the first 5 % of long traces start lower)" if clipped else ""),
                      fontsize=10)
-    ax_zoom.set_title(f"zoom: last {zoom_frac:.0%} of each trace (dotted: final values)", fontsize=10)
-    fig.legend(loc="outside lower center", ncols=min(3, len(curves)), fontsize=8, framealpha=0.85)
+    ax_zoom.set_title(f"zoom: the last {zoom_frac:.0%} of the run, values {x0} to {x_end} (dotted: final values)"
+                      + (f"\nended earlier, drawn at its final value: {', '.join(ended)}" if ended else ""),
+                      fontsize=10)
+    fig.legend(loc="outside lower center", ncols=min(3, len(curves)), fontsize=9, framealpha=0.85)
     fig.suptitle(title)
     base.save(fig, path)
     return path

@@ -201,7 +201,7 @@ def plot_scene_topview(path, scenes: SceneSet, index: int, *, inferred: Optional
     ax.set_ylabel("z (m)")
     ax.set_aspect("equal")
     ax.legend(loc="upper right", fontsize=8, title="dots: detections\n(hollow: hallucination)\n"
-              "circles: truth, x: inferred", title_fontsize=7)
+              "circles: truth, x: inferred", title_fontsize=8)
     ax.set_title(title or f"scene {scenes.paths[index]}")
     if fig is not None:
         fig.tight_layout()
@@ -211,17 +211,21 @@ def plot_scene_topview(path, scenes: SceneSet, index: int, *, inferred: Optional
 _VIDEO_COLORS = ["tab:blue", "tab:green", "tab:red", "tab:purple", "tab:orange"]
 
 
-def plot_video(path, video, objects, *, resp=None, title=None, half_fov=None) -> str:
+def plot_video(path, video, objects, *, resp=None, title=None, half_fov=None, dpi: int = 100) -> str:
     """Every frame of ``video`` as an image panel: detections (colour = category, size = score,
     hollow where ``resp[t, d, 0] > 0.5``, i.e. called a hallucination), the true objects
     (circles) and the inferred ``objects`` (crosses, ``[(category, [x, y, z])]``) projected with
-    the data's camera (DESIGN.md; the metric's projection)."""
-    from matplotlib.figure import Figure
+    the data's camera (DESIGN.md; the metric's projection).
+
+    Sized to be read in a report: a constrained layout keeps the title, the frame labels and the
+    legend (below the frames) apart; text is at least 10 pt; written at ``dpi``."""
+    from matplotlib.lines import Line2D
 
     T = video.num_frames
-    ncol = min(5, T)
-    nrow = int(math.ceil(T / ncol))
-    fig = Figure(figsize=(2.6 * ncol, 2.7 * nrow + 0.6))
+    ncol = min(5, max(T, 1))
+    nrow = max(1, int(math.ceil(T / ncol)))
+    fig = base.figure(figsize=(2.9 * ncol + 0.4, 2.95 * nrow + 1.6))
+    fig.get_layout_engine().set(h_pad=0.06, w_pad=0.04, hspace=0.04, wspace=0.03)
     axes = np.atleast_1d(fig.subplots(nrow, ncol)).reshape(-1)
 
     def proj(pos):
@@ -249,24 +253,25 @@ def plot_video(path, video, objects, *, resp=None, title=None, half_fov=None) ->
         for i in range(len(det)):
             c = int(det.categories[i])
             x, y = det.centers[i].tolist()
-            s = 15 + 80 * float(det.scores[i])
+            s = 20 + 90 * float(det.scores[i])
             hall = resp is not None and float(resp[t, i, 0]) > 0.5
             ax.scatter([x], [y], s=s, facecolors="none" if hall else _VIDEO_COLORS[c], edgecolors=_VIDEO_COLORS[c],
-                       linewidths=1.0, alpha=0.85)
+                       linewidths=1.2, alpha=0.85)
         for k, c in enumerate(tc):
             if tv[t, k]:
-                ax.scatter([tp[t, k, 0]], [tp[t, k, 1]], s=260, facecolors="none", edgecolors=_VIDEO_COLORS[c],
+                ax.scatter([tp[t, k, 0]], [tp[t, k, 1]], s=300, facecolors="none", edgecolors=_VIDEO_COLORS[c],
                            linewidths=2.0)
         for k, c in enumerate(ic):
             if iv[t, k]:
-                ax.scatter([ip[t, k, 0]], [ip[t, k, 1]], s=120, marker="x", color=_VIDEO_COLORS[c], linewidths=2.2)
-        ax.set_title(f"frame {t}", fontsize=8)
-    handles = [fig.axes[0].scatter([], [], s=40, color=_VIDEO_COLORS[c], label=n) for c, n in enumerate(CATEGORIES)]
-    top = 1.0 - 0.75 / fig.get_figheight()
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, top + 0.005), ncol=5, fontsize=8,
-               frameon=False, title="dots: detections (size = score; hollow = called hallucination); "
-                                    "circles: truth; x: inferred", title_fontsize=8)
-    fig.suptitle(title or f"video {video.path}", y=0.998, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, top - 0.2 / fig.get_figheight()))
-    atomic_savefig(fig, path, dpi=72)
+                ax.scatter([ip[t, k, 0]], [ip[t, k, 1]], s=140, marker="x", color=_VIDEO_COLORS[c], linewidths=2.4)
+        ax.set_title(f"frame {t}", fontsize=10, pad=3)
+    handles = [Line2D([], [], ls="none", marker="o", ms=8, color=_VIDEO_COLORS[c], label=n)
+               for c, n in enumerate(CATEGORIES)]
+    handles += [Line2D([], [], ls="none", marker="o", ms=14, mfc="none", mec="0.3", mew=2.0, label="truth"),
+                Line2D([], [], ls="none", marker="x", ms=10, color="0.3", mew=2.4, label="inferred")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=10, frameon=False,
+               title="dots: detections (colour = category, size = score, hollow = called a hallucination); "
+                     "circles: true objects; x: inferred objects", title_fontsize=10)
+    fig.suptitle(title or f"video {video.path}", fontsize=13)
+    base.save(fig, path, dpi=dpi)
     return path
