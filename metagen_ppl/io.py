@@ -31,10 +31,17 @@ import torch
 from metagen_ppl.errors import DataError, MetagenError
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "load_json", "data_from_json", "save_data",
-           "to_jsonable", "check_output_path"]
+           "to_jsonable", "check_output_path", "check_output_dir", "file_mode"]
 
 
 # --------------------------------------------------------------------------- writing
+def file_mode() -> int:
+    """The mode a new file gets under the process's umask (``0o666 & ~umask``, e.g. 0o644)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Context manager yielding a temporary path that replaces ``path`` on success.
@@ -43,7 +50,9 @@ def atomic_path(path):
     ``idata.to_netcdf``); on leaving the block it replaces ``path`` with
     :func:`os.replace`, so a reader never sees a half-written file and an
     interrupted write (an exception, Ctrl-C) leaves the old file intact and
-    removes the temporary one. Missing parent directories are created.
+    removes the temporary one. Missing parent directories are created. The file gets the
+    mode of a newly created file (:func:`file_mode`: the umask is respected), not the
+    private mode of a temporary file.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -63,6 +72,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -81,17 +91,53 @@ def atomic_write_text(path, text: str) -> None:
             os.fsync(fh.fileno())
 
 
-def check_output_path(path) -> None:
-    """Fail early (before a long run) if ``path`` cannot become a file: it is a directory, or
-    a file stands where one of its parent directories should be. Creates nothing."""
+def _check_writable_under(path: str, what: str, parent: Optional[str] = None) -> Optional[str]:
+    # ``what``: "write" (a file) or "create output directory"
+    """The nearest existing ancestor of ``parent`` (default: ``path``'s directory) must be a directory
+    we can create files in; returns the first directory that does not exist yet (``None``: all exist)."""
+    parent = os.path.dirname(os.path.abspath(path)) if parent is None else os.path.abspath(parent)
+    missing = None
+    while not os.path.exists(parent):
+        missing = parent
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise DataError(f"cannot {what} {path!r}: a file is in the way ({parent!r} is not a directory)")
+    try:  # the real test (permissions, read-only file systems, quotas): create and drop a file there
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise DataError(f"cannot {what} {path!r}: cannot create files in {parent!r} "
+                        f"({e.strerror or e}); choose another --out") from None
+    return missing
+
+
+def check_output_path(path) -> Optional[str]:
+    """Fail early (before a long run) if ``path`` cannot become a file: it is a directory, a file
+    stands where one of its parent directories should be, or the directory that would hold it is
+    not writable. Creates nothing; returns the first missing parent directory (``None``: it exists),
+    which the write will create."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise DataError(f"cannot write {path!r}: it is a directory; give a file name")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise DataError(f"cannot write {path!r}: a file is in the way ({parent!r} is not a directory)")
+    return _check_writable_under(path, "write")
+
+
+def check_output_dir(path) -> Optional[str]:
+    """Fail early if ``path`` cannot become an output directory (an existing file, or no writable
+    ancestor); returns the first missing directory (``None``: ``path`` exists), which the run will create."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise DataError(f"output directory {path!r} exists and is not a directory; give a directory")
+    if os.path.isdir(path):
+        try:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as e:
+            raise DataError(f"cannot write into output directory {path!r} ({e.strerror or e}); choose another "
+                            "--out") from None
+        return None
+    missing = _check_writable_under(path, "create output directory", parent=path)
+    return missing or os.path.abspath(path)
 
 
 def to_jsonable(obj):

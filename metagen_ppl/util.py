@@ -3,20 +3,40 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import sys
+import time
+from typing import Optional
 
 import numpy as np
 import pyro
 import torch
 from tqdm.auto import tqdm
 
+from metagen_ppl.errors import MetagenError
+
+
+#: Seeds are integers in ``0 .. SEED_LIMIT - 1`` (numpy's range).
+SEED_LIMIT = 2 ** 32
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """``seed`` as an int in ``0 .. 2**32 - 1``; :class:`~metagen_ppl.errors.MetagenError` naming it otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < SEED_LIMIT:
+        raise MetagenError(f"{what} must be an integer in 0..{SEED_LIMIT - 1}, got {seed!r}")
+    return int(seed)
+
 
 @contextlib.contextmanager
 def seeded(seed):
-    """Run a block with torch, numpy and Python RNGs seeded, restoring their state after."""
+    """Run a block with torch, numpy and Python RNGs seeded, restoring their state after.
+
+    Any non-negative integer works: numpy takes seeds below 2**32, so a derived seed
+    (``seed * 7919 + chain``) is reduced modulo 2**32."""
     np_state, py_state = np.random.get_state(), random.getstate()
     with torch.random.fork_rng(devices=[]):
-        pyro.set_rng_seed(int(seed))
+        pyro.set_rng_seed(int(seed) % SEED_LIMIT)
         try:
             yield
         finally:
@@ -24,17 +44,86 @@ def seeded(seed):
             random.setstate(py_state)
 
 
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class LogProgress:
+    """Progress for a log (stderr is not a terminal): a line ``desc: n/total (p%), t s`` at most every
+    ``interval`` seconds, none in the first ``interval`` seconds (short runs stay quiet). It offers
+    what the callers use of a tqdm bar: ``update``, ``set_postfix``, ``close``, ``n``, ``total``."""
+
+    def __init__(self, total, desc: str, interval: float = 15.0, unit: str = "it", **_):
+        self.total, self.desc, self.interval, self.unit = total, desc, float(interval), unit
+        self.n, self.postfix = 0, ""
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.perf_counter()
+        if now - self.last >= self.interval:
+            self.last = now
+            done = f"{self.n}/{self.total} {self.unit}" + (f" ({100 * self.n / self.total:.0f}%)" if self.total else "")
+            post = f", {self.postfix}" if self.postfix else ""
+            print(f"{self.desc}: {done}, {now - self.t0:.0f} s{post}", file=sys.stderr, flush=True)
+
+    def set_postfix(self, **kwargs) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def make_progress(total, desc: str, enabled: bool, **kwargs):
+    """A progress object (``None`` when not ``enabled``): a tqdm bar on a terminal, :class:`LogProgress`
+    lines when stderr goes to a log."""
+    if not enabled:
+        return None
+    if stderr_is_terminal():
+        return tqdm(total=total, desc=desc, leave=False, **kwargs)
+    return LogProgress(total, desc, **kwargs)
+
+
 @contextlib.contextmanager
 def progress_bar(total, desc: str, enabled: bool, **kwargs):
-    """A tqdm bar on stderr while the block runs (``None`` when not ``enabled``), closed afterwards."""
-    if not enabled:
-        yield None
-        return
-    bar = tqdm(total=total, desc=desc, leave=False, **kwargs)
+    """:func:`make_progress` while the block runs, closed afterwards."""
+    bar = make_progress(total, desc, enabled, **kwargs)
     try:
         yield bar
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+
+
+#: torch intra-op threads per kind of workload, chosen by measurement on 2 cores
+#: (``comparisons/bench_threads.py``): the point models, SVI and NUTS work on small tensors, where
+#: a second thread only adds synchronisation; the video model's batched tensors gain from it.
+AUTO_THREADS = {"small": 1, "batched": 2}
+
+
+def auto_threads(workload: str) -> int:
+    """The thread count for a workload kind of :data:`AUTO_THREADS`, at most the machine's cores."""
+    return max(1, min(AUTO_THREADS[workload], os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]):
+    """Run a block with ``n`` torch intra-op threads (``None``: leave torch's setting), restoring it after."""
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def to_float(x):

@@ -32,6 +32,15 @@ class ComparisonSetup:
         The simulated truth, if known.
     accuracy : callable ``FitResult -> dict``, optional
         Accuracy measures of an estimate against the truth (``{"location error": 0.1, ...}``).
+    score : callable ``FitResult -> dict``, optional
+        The report's ``log_likelihood`` and ``log_joint`` of an estimate, computed the same way
+        for every method (default: each result's own ``log_likelihood`` and ``log_joint``,
+        which already agree when every method sums the same discrete sites out).
+    score_of : dict of str -> str
+        What ``score`` computes, for the report's column definitions
+        (``{"log_likelihood": "log p(x, o | theta), c and z summed out"}``).
+    definitions : dict of str -> str
+        Definitions of the set-up's own accuracy columns (the report knows the built-in ones).
     scene : callable ``FitResult -> (M, 3) array``, optional
         The object locations of an estimate to draw in the scene plot.
     scene_observations, scene_truth, scene_extra : arrays, optional
@@ -62,6 +71,9 @@ class ComparisonSetup:
     options: dict = dataclasses.field(default_factory=dict)
     truth: Optional[dict] = None
     accuracy: Optional[Callable] = None
+    score: Optional[Callable] = None
+    score_of: dict = dataclasses.field(default_factory=dict)
+    definitions: dict = dataclasses.field(default_factory=dict)
     scene: Optional[Callable] = None
     scene_observations: Optional[np.ndarray] = None
     scene_truth: Optional[np.ndarray] = None

@@ -64,10 +64,14 @@ from metagen_ppl.engine.mstep import optimizer_mstep
 from metagen_ppl.engine.registry import ModelSpec, load_model
 from metagen_ppl.engine.result import FitResult
 from metagen_ppl.engine.setup import bind, initial_values
+from metagen_ppl.engine.validate import degeneracy_warnings
 from metagen_ppl.errors import MetagenError, ModelError
-from metagen_ppl.util import progress_bar
+from metagen_ppl.util import check_seed, progress_bar
 
 MSTEPS = ("auto", "closed", "optimizer")
+#: What ``FitResult.log_likelihood`` is (``info["log_likelihood_of"]``): the observed sites' log probability
+#: at the estimate with every discrete site summed out (a method that fixes some discrete sites says so).
+LIKELIHOOD_OF = "log p(data|theta)"
 
 
 def has_converged(previous: float, current: float, tol: Optional[float]) -> bool:
@@ -361,6 +365,7 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
         accepted and refused re-seeds of the returned run (a RuntimeWarning
         reports them).
     """
+    seed = check_seed(seed)
     spec = load_model(model)
     _check_settings(spec, mstep, num_inits, max_iter, tol, empty)
     if init_restarts not in ("first", "all"):
@@ -380,6 +385,8 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
                 best, best_info = run, steps.info()
     _warn_run(best, best_info, max_iter, tol)
     values, est = best.values, best.estep
+    for msg in degeneracy_warnings(em.data, em.data_site, values, spec.location_site, num_objects):
+        warnings.warn("EM: " + msg, RuntimeWarning, stacklevel=2)
     obs = em.data_site
     pointwise = em.pointwise_log_likelihood(values, obs) if obs else None
     return FitResult(
@@ -391,7 +398,8 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
         map_assignments={k: v.argmax(-1) for k, v in est.marginals.items()},
         pointwise_log_likelihood=None if pointwise is None else pointwise[None, None],
         observed={k: v for k, v in em.data.items() if torch.is_tensor(v)},
-        info={"restart_log_joint": restart_scores, "q_trace": best_info["q_trace"], "mstep": mstep,
+        info={"log_likelihood_of": LIKELIHOOD_OF if not discrete else f"log p(data|theta,{','.join(discrete)})",
+              "restart_log_joint": restart_scores, "q_trace": best_info["q_trace"], "mstep": mstep,
               "log_prior": est.log_prior, "dtype": str(dtype).replace("torch.", ""),
               "empty": empty, "reinitialised": best_info["reinitialised"],
               "reinit_rejected": best_info["reinit_rejected"]},

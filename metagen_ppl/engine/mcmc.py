@@ -9,6 +9,7 @@ before summaries, R-hat and ESS.
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from typing import Optional
@@ -18,11 +19,13 @@ from pyro.infer import MCMC, NUTS, config_enumerate
 from pyro.infer.autoguide import init_to_value
 
 from metagen_ppl.engine.align import align_samples
+from metagen_ppl.engine.em import LIKELIHOOD_OF
 from metagen_ppl.engine.setup import bind, initial_values
 from metagen_ppl.errors import MetagenError, ModelError
 from metagen_ppl.engine.registry import load_model
 from metagen_ppl.engine.result import FitResult
-from metagen_ppl.util import seeded
+from metagen_ppl.engine.validate import degeneracy_warnings
+from metagen_ppl.util import check_seed, seeded, stderr_is_terminal
 
 
 def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, warmup_steps: int = 200,
@@ -68,6 +71,7 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
         raise MetagenError(f"max_tree_depth must be an integer >= 1, got {max_tree_depth!r}")
     if not (isinstance(target_accept_prob, (int, float)) and 0.0 < target_accept_prob < 1.0):
         raise MetagenError(f"target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
+    seed = check_seed(seed)
     spec = load_model(model)
     t0 = time.perf_counter()
     em, num_objects, dtype = bind(spec, data, num_objects, options, dtype)
@@ -83,10 +87,15 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
         kernel = NUTS(enum_model, max_plate_nesting=em.max_plate_nesting, target_accept_prob=target_accept_prob,
                       max_tree_depth=max_tree_depth, init_strategy=init_to_value(values=start),
                       jit_compile=jit_compile, ignore_jit_warnings=True)
+        # Pyro's own bar on a terminal; in a log, one line per chain that took a while
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=1,
-                    disable_progbar=not progress)
+                    disable_progbar=not (progress and stderr_is_terminal()))
+        t_chain = time.perf_counter()
         with seeded(int(seed) * 7919 + c):
             mcmc.run(data, num_objects, **options)
+        if progress and not stderr_is_terminal() and time.perf_counter() - t_chain > 15.0:
+            print(f"NUTS {spec.name}: chain {c + 1}/{num_chains} done ({warmup_steps} + {num_samples} draws, "
+                  f"{time.perf_counter() - t_chain:.0f} s)", file=sys.stderr, flush=True)
         chains.append({k: v.detach() for k, v in mcmc.get_samples().items() if k in em.sample_latents})
         # the sampler's own record (mcmc.diagnostics() also computes R-hat, which needs >= 4 draws)
         divergences.append(sum(len(d.get("divergences", ())) for d in getattr(mcmc, "_diagnostics", [{}])))
@@ -124,6 +133,8 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
     if sum(divergences):
         warnings.warn(f"NUTS had {sum(divergences)} divergent transitions; raise target_accept_prob "
                       "or check the model's scales", RuntimeWarning, stacklevel=2)
+    for msg in degeneracy_warnings(em.data, em.data_site, params, spec.location_site, num_objects):
+        warnings.warn("MCMC: " + msg, RuntimeWarning, stacklevel=2)
     return FitResult(
         model=spec.name, method="mcmc", params=params,
         log_likelihood=est.log_likelihood, log_joint=est.log_joint,
@@ -132,7 +143,8 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
         posteriors=posteriors, map_assignments={k: v.argmax(-1) for k, v in posteriors.items()},
         samples=samples, pointwise_log_likelihood=pointwise,
         observed={k: v for k, v in data.items() if torch.is_tensor(v)},
-        info={"dtype": str(dtype).replace("torch.", ""), "num_chains": num_chains,
+        info={"log_likelihood_of": LIKELIHOOD_OF + " at the posterior mean", "dtype": str(dtype).replace("torch.", ""),
+              "num_chains": num_chains,
               "num_samples": num_samples, "warmup_steps": warmup_steps,
               "divergences": divergences, "label_switched_draws": n_switched, "max_rhat": rhat,
               "log_joint_draws": log_joint_draws.tolist()},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Optional
 
 import torch
@@ -19,11 +20,13 @@ from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
 from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_value
 from pyro.optim import ClippedAdam
 
+from metagen_ppl.engine.em import LIKELIHOOD_OF
 from metagen_ppl.engine.setup import bind, initial_values
 from metagen_ppl.errors import MetagenError
 from metagen_ppl.engine.registry import load_model
 from metagen_ppl.engine.result import FitResult
-from metagen_ppl.util import seeded
+from metagen_ppl.engine.validate import degeneracy_warnings
+from metagen_ppl.util import check_seed, progress_bar, seeded
 
 
 def loss_flattened(trace, window_frac: float = 0.1, rtol: float = 1e-4) -> bool:
@@ -74,6 +77,7 @@ def fit_svi(model, data: dict, num_objects: int, *, guide: str = "delta", num_st
         raise MetagenError(f"lr must be a positive finite number, got {lr!r}")
     if not (isinstance(lr_decay, (int, float)) and 0 < lr_decay <= 1):
         raise MetagenError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
+    seed = check_seed(seed)
     spec = load_model(model)
     t0 = time.perf_counter()
     em, num_objects, dtype = bind(spec, data, num_objects, options, dtype)
@@ -93,14 +97,12 @@ def fit_svi(model, data: dict, num_objects: int, *, guide: str = "delta", num_st
         optim = ClippedAdam({"lr": lr, "lrd": lr_decay ** (1.0 / num_steps)})
         svi = SVI(enum_model, auto, optim, TraceEnum_ELBO(max_plate_nesting=em.max_plate_nesting))
         trace = []
-        it = range(num_steps)
-        if progress:
-            from tqdm.auto import tqdm
-
-            it = tqdm(it, desc=f"SVI-{guide} {spec.name}", leave=False)
-        for _ in it:
-            loss = svi.step(data, num_objects, **options)
-            trace.append(-float(loss))
+        with progress_bar(num_steps, f"SVI-{guide} {spec.name}", progress, unit="step") as bar:
+            for _ in range(num_steps):
+                loss = svi.step(data, num_objects, **options)
+                trace.append(-float(loss))
+                if bar is not None:
+                    bar.update(1)
         with torch.no_grad():
             params = {k: v.detach() for k, v in auto.median().items()} if em.sample_latents else {}
             for name in em.param_latents:
@@ -124,6 +126,8 @@ def fit_svi(model, data: dict, num_objects: int, *, guide: str = "delta", num_st
         else:
             p = em.pointwise_log_likelihood(params, obs)
             pointwise = None if p is None else p[None, None]
+    for msg in degeneracy_warnings(em.data, em.data_site, params, spec.location_site, num_objects):
+        warnings.warn("SVI: " + msg, RuntimeWarning, stacklevel=2)
     return FitResult(
         model=spec.name, method="svi-map" if guide == "delta" else "svi-normal", params=params,
         log_likelihood=est.log_likelihood, log_joint=est.log_joint,
@@ -132,5 +136,6 @@ def fit_svi(model, data: dict, num_objects: int, *, guide: str = "delta", num_st
         map_assignments={k: v.argmax(-1) for k, v in est.marginals.items()},
         samples=samples, pointwise_log_likelihood=pointwise,
         observed={k: v for k, v in data.items() if torch.is_tensor(v)},
-        info={"dtype": str(dtype).replace("torch.", ""), "guide": guide, "lr": lr, "final_elbo": trace[-1]},
+        info={"log_likelihood_of": LIKELIHOOD_OF, "dtype": str(dtype).replace("torch.", ""), "guide": guide, "lr": lr,
+              "final_elbo": trace[-1]},
     )

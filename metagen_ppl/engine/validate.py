@@ -21,6 +21,14 @@ def check_data(data: dict) -> None:
             bad = (~torch.isfinite(value)).nonzero()[0].tolist()
             raise DataError(f"data[{key!r}] contains NaN or inf (first at index {bad}); "
                             "remove or impute those entries")
+        if value.is_floating_point() and value.dim() >= 1 and value.numel():
+            # squared distances (every mixture E-step, k-means++) must not overflow
+            sq = (value.double() * value.double()).sum(-1)
+            if not torch.isfinite(sq).all() or not torch.isfinite(sq.to(value.dtype)).all():
+                big = float(value.abs().max())
+                hint = " or use float64" if value.dtype != torch.float64 else ""
+                raise DataError(f"data[{key!r}] holds values up to {big:.3g}, whose squares overflow {value.dtype}; "
+                                f"rescale the data (e.g. divide by its standard deviation){hint}")
     x = data.get("x")
     if x is not None:
         if not torch.is_tensor(x) or x.dim() != 2:
@@ -113,3 +121,35 @@ def check_options(options: dict, num_objects=None, where: str = "option") -> Non
                                 f"{int(num_objects)} objects; give one weight per object")
             if bool((t < 0).any()) or abs(float(t.sum()) - 1.0) > 1e-6:
                 raise DataError(f"{where} weights={t.tolist()}: must be non-negative and sum to 1")
+
+
+def degeneracy_warnings(data: dict, observed_site, params: dict, location_site, num_objects: int) -> list:
+    """Warnings (each with what to do) about a fit that the data cannot support.
+
+    * fewer distinct observations (rows of the observed site, ``(N, D)``) than objects ``K``;
+    * two fitted locations (``params[location_site]``, ``(K, D)``) that coincide: closer than
+      1e-6 times the spread of the data (a component duplicates another, often because the data
+      sit on a scale far from the priors', e.g. values around 1e-300).
+    Empty when the model has no such sites.
+    """
+    out = []
+    K = int(num_objects)
+    x = data.get(observed_site) if observed_site else None
+    if torch.is_tensor(x) and x.dim() == 2 and x.is_floating_point() and K > 1:
+        distinct = int(torch.unique(x, dim=0).shape[0])
+        if distinct < K:
+            out.append(f"the data hold only {distinct} distinct observation(s) for K = {K} objects: the fit "
+                       f"cannot tell {K} objects apart; use K <= {distinct} (--num-objects)")
+    locs = params.get(location_site) if location_site else None
+    if not out and torch.is_tensor(locs) and locs.dim() == 2 and locs.shape[0] == K and K > 1 and torch.is_tensor(x) \
+            and x.dim() == 2 and x.shape[-1] == locs.shape[-1]:
+        xd = x.double()
+        spread = float((xd.max(0).values - xd.min(0).values).max())       # a range: no squares to underflow
+        d = torch.cdist(locs.detach().double(), locs.detach().double())
+        d = d + torch.diag(torch.full((K,), math.inf, dtype=d.dtype))
+        i, j = divmod(int(d.argmin()), K)
+        if float(d[i, j]) <= 1e-6 * spread or (spread == 0.0 and float(d[i, j]) == 0.0):
+            out.append(f"components {min(i, j)} and {max(i, j)} coincide (distance {float(d[i, j]):.3g}, data spread "
+                       f"{spread:.3g}): the data do not support K = {K} distinct objects; lower --num-objects, or "
+                       "rescale the data to the priors' scale (the built-in priors are in units of about 1-10)")
+    return out

@@ -79,6 +79,7 @@ from metagen_ppl.engine.svi import fit_svi
 from metagen_ppl.engine.validate import check_data, check_num_objects, check_options
 from metagen_ppl.errors import MetagenError, ModelError
 from metagen_ppl.models.categorical import generative as cm_model
+from metagen_ppl.util import progress_bar
 
 #: Largest number of category vectors ``C^K`` that ``enumerate`` (and SVI/MCMC) will sum over.
 MAX_ENUMERATED_CONFIGS = 4096
@@ -314,6 +315,8 @@ def fit_categorical(data: dict, num_objects: int, *, strategy: str = "mstep", mo
     res.wall_time_s = time.perf_counter() - t0
     res.info["strategy"] = strategy
     res.info["learn_confusion"] = "confusion" not in options
+    # sample and mstep fix the categories at their estimate; enumerate sums them out with the assignments
+    res.info["log_likelihood_of"] = "log p(x,o|theta)" if strategy == "enumerate" else "log p(x,o|theta,c)"
     if score:
         sc = score_estimate(data, res.params, num_objects, options=options, cats=res.params["cats"],
                             max_configs=max_configs)
@@ -399,23 +402,21 @@ def _fit_sample(spec, data, K, options, init_conf, *, S, proposal, rank_by, seed
                                                  options.get("confusion_diag_concentration"), dtype)
         start["confusion"] = init_conf if init_conf is not None else (conc - 1) / (conc - 1).sum(-1, keepdim=True)
     cache, lls, ljs = {}, [], []
-    it = range(S)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="sample categories", leave=False)
-    for s in it:
-        key = tuple(draws[s].tolist())
-        if key not in cache:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                fit = fit_em(_conditioned_spec(spec, draws[s]), data, K, seed=seed, num_inits=1,
-                             mstep=mstep, optimizer=optimizer, tol=tol, max_iter=max_iter,
-                             init=start, options=options)
-            ll = fit.log_likelihood - _log_prior_cats(draws[s], options["num_categories"], options, dtype)
-            cache[key] = (ll, fit)
-        lls.append(cache[key][0])
-        ljs.append(cache[key][1].log_joint)
+    with progress_bar(S, "sample categories", progress) as bar:
+        for s in range(S):
+            key = tuple(draws[s].tolist())
+            if key not in cache:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    fit = fit_em(_conditioned_spec(spec, draws[s]), data, K, seed=seed, num_inits=1,
+                                 mstep=mstep, optimizer=optimizer, tol=tol, max_iter=max_iter,
+                                 init=start, options=options)
+                ll = fit.log_likelihood - _log_prior_cats(draws[s], options["num_categories"], options, dtype)
+                cache[key] = (ll, fit)
+            lls.append(cache[key][0])
+            ljs.append(cache[key][1].log_joint)
+            if bar is not None:
+                bar.update(1)
     best_key = max(cache, key=(lambda k: cache[k][1].log_joint) if rank_by == "log_joint"
                    else (lambda k: cache[k][0]))
     best_ll, res = cache[best_key]
@@ -472,6 +473,7 @@ def _baseline_method(fn, model, data, num_objects, learn_confusion, max_configs,
     res.map_assignments["c"] = score["map_cats"]
     res.info["score"] = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in score.items()}
     res.info["categories"] = score["map_cats"].tolist()
+    res.info["log_likelihood_of"] = "log p(x,o|theta)"
     return res
 
 

@@ -43,7 +43,7 @@ from metagen_ppl.engine.validate import check_options
 from metagen_ppl.errors import DataError, MetagenError
 from metagen_ppl.models.detector.generative import check_V
 from metagen_ppl.models.detector.structure import DetectorSearch
-from metagen_ppl.util import progress_bar
+from metagen_ppl.util import check_seed, progress_bar
 
 __all__ = ["MODES", "INNER", "ESTEPS", "MetacognitionResult", "fit_metacognition"]
 
@@ -168,6 +168,7 @@ def fit_metacognition(scenes, *, mode: str = "learn", V: Optional[dict] = None, 
         On Ctrl-C (a :class:`KeyboardInterrupt`): the last checkpoint is intact; the
         exception says which round it holds.
     """
+    seed = check_seed(seed)
     if mode not in MODES:
         raise MetagenError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if inner not in INNER:
