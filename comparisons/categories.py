@@ -13,12 +13,14 @@ import argparse
 import sys
 
 from metagen_ppl.apps.category_study import DESCRIPTION, add_arguments, run
+from metagen_ppl.util import torch_threads
 
 
 def main(argv=None) -> int:
     parser = add_arguments(argparse.ArgumentParser(description=DESCRIPTION))
     argv = sys.argv[1:] if argv is None else list(argv)
-    return run(parser.parse_args(argv), command="python comparisons/categories.py " + " ".join(argv))
+    with torch_threads(1):   # every worker (and a single process) on one thread: the fastest here
+        return run(parser.parse_args(argv), command="python comparisons/categories.py " + " ".join(argv))
 
 
 if __name__ == "__main__":

@@ -683,12 +683,12 @@ def test_evaluate_rejects_bad_video_file(tmp_path, capsys, content, needles):
 EVAL_ARG_CASES = [
     ("data-missing", lambda t: ["--data", t / "missing.json", "--out", t / "o"], ["missing.json", "does not exist"]),
     ("data-absent", lambda t: ["--out", t / "o"], ["required", "--data"]),
-    ("out-is-regular-file", lambda t: ["--out", t / "videos.json"], ["videos.json", "is an existing file"]),
+    ("out-is-regular-file", lambda t: ["--out", t / "videos.json"], ["videos.json", "exists and is not a directory"]),
     ("out-under-regular-file", lambda t: ["--out", t / "videos.json" / "sub"],
      ["cannot create output directory", "videos.json/sub"]),
     ("max-objects-zero", lambda t: ["--max-objects", 0], ["max_objects must be a positive integer"]),
     ("plots-negative", lambda t: ["--plots", -1], ["plots must be a non-negative integer"]),
-    ("threads-zero", lambda t: ["--threads", 0], ["num_threads must be a positive integer"]),
+    ("threads-negative", lambda t: ["--threads", -1], ["--threads must be 'auto', 0", "got '-1'"]),
     ("svi-steps-zero", lambda t: ["--method", "svi", "--svi-steps", 0], ["svi_steps must be a positive integer"]),
     ("svi-lr-negative", lambda t: ["--method", "svi", "--svi-lr", -1], ["svi_lr must be a finite number > 0"]),
     ("svi-lr-NaN", lambda t: ["--method", "svi", "--svi-lr", "nan"], ["svi_lr must be a finite number > 0"]),
@@ -754,7 +754,7 @@ def test_command_line_syntax_errors(capsys, argv, needles):
 def test_compare_categories_output_under_regular_file(tmp_path, capsys):
     blocker = write(tmp_path, "file.json", GOOD)
     code, _, err = run(capsys, "compare-categories", "--quick", "--out", os.path.join(blocker, "sub"))
-    assert_one_line_error(code, err, "compare-categories", "file.json/sub", "Not a directory")
+    assert_one_line_error(code, err, "output directory", "file.json/sub", "a file is in the way", "is not a directory")
 
 
 # --------------------------------------------------------------------------- --debug prints the traceback

@@ -50,6 +50,8 @@ import json
 import math
 import multiprocessing
 import os
+import signal
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -58,6 +60,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from metagen_ppl.engine.checkpoint import FitInterrupted
 from metagen_ppl.errors import MetagenError
 from metagen_ppl.models.categorical import generative as cm
 from metagen_ppl.models.categorical.strategies import (fit_categorical, fit_categorical_mcmc, fit_categorical_svi,
@@ -105,7 +108,7 @@ def _evaluate(data, truth, params, K, options):
 
 def run_task(task):
     """One (setting, seed, method): fit, time, score. Runs in a worker process."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(task[3]["threads"])
     warnings.simplefilter("ignore")
 
     setting, seed, method, cfg = task
@@ -155,6 +158,25 @@ def run_task(task):
     except Exception as e:  # keep the study going; the row records the failure
         row.update(error=f"{type(e).__name__}: {e}"[:300], wall_time_s=float("nan"))
     return row
+
+
+def _ignore_sigint():
+    """Pool initializer: Ctrl-C reaches the main process only."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_pool(jobs: int):
+    """A pool of ``jobs`` spawned worker processes that ignore Ctrl-C.
+
+    Stopping it on Ctrl-C leaves a semaphore behind, which multiprocessing's resource tracker
+    (a child interpreter started with the pool, taking this interpreter's ``-W`` options) would
+    report in two lines of warnings after the one-line message; it is told to keep quiet."""
+    quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
+    sys.warnoptions.append(quiet)
+    try:
+        return multiprocessing.get_context("spawn").Pool(jobs, initializer=_ignore_sigint)
+    finally:
+        sys.warnoptions.remove(quiet)
 
 
 def _tasks(settings, seeds, cfg, methods):
@@ -321,7 +343,7 @@ def run(args, command: str = "metagen-ppl compare-categories") -> int:
                svi_budget=args.svi_budget, svi_seeds=args.svi_seeds, mcmc_seeds=args.mcmc_seeds if args.mcmc_seeds is not None else (1 if quick else 3),
                mcmc_max_k=args.mcmc_max_k, mcmc_samples=args.mcmc_samples or (30 if quick else 100),
                mcmc_warmup=args.mcmc_warmup or (30 if quick else 100), mcmc_tree_depth=args.mcmc_tree_depth,
-               known_confusion=args.known_confusion)
+               known_confusion=args.known_confusion, threads=torch.get_num_threads())
     tasks = _tasks(settings, seeds, cfg, methods)
     try:
         os.makedirs(args.out, exist_ok=True)
@@ -351,13 +373,23 @@ def run(args, command: str = "metagen-ppl compare-categories") -> int:
         if i % step == 0 or i == len(tasks):
             print(f"  {i}/{len(tasks)} runs done, {time.perf_counter() - t0:.0f}s", flush=True)
 
-    if args.jobs > 1 and tasks:
-        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            for i, row in enumerate(pool.imap_unordered(run_task, tasks, chunksize=1), 1):
-                record(i, row)
-    else:
-        for i, t in enumerate(tasks, 1):
-            record(i, run_task(t))
+    try:
+        if args.jobs > 1 and tasks:
+            # the workers ignore Ctrl-C (no tracebacks from them); this process stops and joins the pool
+            pool = _worker_pool(args.jobs)
+            try:
+                for i, row in enumerate(pool.imap_unordered(run_task, tasks, chunksize=1), 1):
+                    record(i, row)
+                pool.close()
+            finally:
+                pool.terminate()
+                pool.join()
+        else:
+            for i, t in enumerate(tasks, 1):
+                record(i, run_task(t))
+    except KeyboardInterrupt:
+        raise FitInterrupted(None, None, f"interrupted after {len(rows)} finished runs (kept in {log_path}); rerun "
+                                         "the same command with --resume to reuse them") from None
     total = time.perf_counter() - t0
     _mark_best(rows)
     order = {m: i for i, m in enumerate(("truth",) + METHODS)}

@@ -48,18 +48,20 @@ import torch
 from metagen_ppl.apps import plots
 from metagen_ppl.engine.align import location_error, permutation_to
 from metagen_ppl.engine.checkpoint import FitInterrupted
-from metagen_ppl.apps.report import (agreement_warnings, diagnose, mcmc_summary, report_html, report_markdown,
-                                     table_markdown, table_row)
+from metagen_ppl.apps.report import (agreement_warnings, column_definitions, diagnose, mcmc_summary, report_html,
+                                     report_markdown, table_markdown, table_row)
 from metagen_ppl.engine.comparison import ComparisonSetup
 from metagen_ppl.engine.em import fit_em
 from metagen_ppl.engine.mcmc import fit_mcmc
 from metagen_ppl.engine.registry import load_model, ModelSpec
 from metagen_ppl.engine.result import FitResult
 from metagen_ppl.engine.svi import fit_svi
+from metagen_ppl.engine.validate import check_data, check_num_objects
 from metagen_ppl.errors import DataError, MetagenError, ModelError
 from metagen_ppl.io import (atomic_path, atomic_write_json, atomic_write_text, data_from_json, load_json,
                             num_objects_from_json, to_jsonable)
 from metagen_ppl.models.categorical import strategies as cat
+from metagen_ppl.util import check_seed
 
 __all__ = ["compare", "Budget", "ComparisonSetup", "default_setup", "diagnose",
            "BASE_METHODS", "CATEGORY_STRATEGIES"]
@@ -129,6 +131,8 @@ def default_setup(spec: ModelSpec, obj: dict, *, dtype=torch.float64, num_object
         k = None if truth_locs is None else int(truth_locs.shape[0])
     if k is None:
         raise DataError(f"give --num-objects: {source!r} has no 'num_objects' field and no truth")
+    check_data(data)
+    check_num_objects(k, data)      # K > N fails here, once, not in every method
     opts = dict(obj.get("options") or {}) if isinstance(obj.get("options"), dict) else {}
     opts.update(options or {})
     truth = obj.get("truth") if isinstance(obj.get("truth"), dict) else None
@@ -138,13 +142,14 @@ def default_setup(spec: ModelSpec, obj: dict, *, dtype=torch.float64, num_object
 
     strategies = CATEGORY_STRATEGIES if _has_category_sites(spec) else ()
 
+    def score(res: FitResult) -> dict:
+        # one computation for every row: categories and assignments summed out at the estimate
+        # (em-mstep and em-sample optimise log p(x, o | theta, c) at their c; that stays their objective)
+        sc = (res.info or {}).get("score") or {}
+        return {"log_likelihood": sc.get("log_lik_marginal"), "log_joint": sc.get("log_joint_marginal")}
+
     def accuracy(res: FitResult) -> dict:
         out = {}
-        if strategies:
-            # one definition for every row: categories and assignments summed out at the estimate
-            score = (res.info or {}).get("score") or {}
-            if score.get("log_lik_marginal") is not None:
-                out["log lik. (c summed out)"] = float(score["log_lik_marginal"])
         if true_locs is None or site not in res.params:
             return out
         est = res.params[site].detach().double()
@@ -171,12 +176,17 @@ def default_setup(spec: ModelSpec, obj: dict, *, dtype=torch.float64, num_object
 
     plot3d = torch.is_tensor(x) and x.dim() == 2 and x.shape[-1] == 3
     notes = []
+    score_of = {}
     if strategies:
-        notes.append("Category model: `log lik. at estimate` of em-mstep and em-sample is log p(x, o | theta, c) "
-                     "at their category vector c (their objective); em-enumerate, SVI and MCMC sum c out. "
-                     "`log lik. (c summed out)` gives every row on the same footing.")
+        score_of = {"log_likelihood": "log p(x, o | theta) at the estimate, categories c and assignments z "
+                                      "summed out by exact enumeration",
+                    "log_joint": "that + log p(theta)"}
+        notes.append("Category model: em-mstep and em-sample maximise log p(x, o | theta, c) at their category "
+                     "vector c (their own objective, in their fit results); the table scores every method with c "
+                     "summed out, so its rows compare.")
     return ComparisonSetup(
         data=data, num_objects=int(k), options=opts, truth=truth, accuracy=accuracy,
+        score=score if strategies else None, score_of=score_of,
         scene=scene if plot3d else None,
         scene_observations=x.detach().double().numpy() if plot3d else None,
         scene_truth=true_locs.numpy() if (plot3d and true_locs is not None and true_locs.shape[-1] == 3) else None,
@@ -308,18 +318,61 @@ def _save_method(out_dir, method, res: Optional[FitResult], status: dict) -> dic
     return status
 
 
-def _load_method(out_dir, method, fingerprint) -> Optional[tuple]:
-    """A finished method's ``(FitResult, status)`` if its files match ``fingerprint``, else ``None``."""
+#: The files ``compare`` writes in its folder (besides ``methods/``): a new run (not ``--resume``) removes
+#: them first, so no stale report, plot or result of an earlier run stands beside the new ones.
+OUTPUT_FILES = ("data.json", "results.json", "report.md", "report.html", "objectives.png", "mcmc_trace.png",
+                "mcmc_rank.png", "mcmc_forest.png", "assignments.png", "scene.png")
+
+
+def _clear_outputs(out_dir, keep=None) -> list:
+    """Remove an earlier run's outputs (:data:`OUTPUT_FILES`, ``methods/``) from ``out_dir``, except the
+    file ``keep`` (the input data, if it lives there); returns their names."""
+    keep = os.path.realpath(keep) if isinstance(keep, (str, os.PathLike)) else None
+    removed = [f for f in OUTPUT_FILES if os.path.isfile(os.path.join(out_dir, f))
+               and os.path.realpath(os.path.join(out_dir, f)) != keep]
+    for f in removed:
+        os.remove(os.path.join(out_dir, f))
+    mdir = os.path.join(out_dir, "methods")
+    if os.path.isdir(mdir):
+        for f in sorted(os.listdir(mdir)):
+            if f.endswith((".json", ".nc")):
+                os.remove(os.path.join(mdir, f))
+                removed.append(os.path.join("methods", f))
+    return removed
+
+
+def _read_status(out_dir, method) -> Optional[dict]:
     path = os.path.join(out_dir, "methods", f"{method}.status.json")
-    if not os.path.isfile(path):
-        return None
     try:
         with open(path, encoding="utf-8") as fh:
-            status = json.load(fh)
+            return json.load(fh)
     except (OSError, ValueError):
         return None
-    if status.get("fingerprint") != fingerprint or status.get("status") != "ok":
-        return None
+
+
+def _changes(old: dict, new: dict, prefix: str = "") -> list:
+    """``"key old -> new"`` for every entry that differs (nested dicts flattened)."""
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k, "(unset)"), new.get(k, "(unset)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {a} -> {b}")
+    return out
+
+
+def _load_method(out_dir, method, fingerprint, inputs: Optional[dict] = None):
+    """A finished method's ``(FitResult, status)`` if its files match ``fingerprint``, else the reason it
+    must run again (a string)."""
+    status = _read_status(out_dir, method)
+    if status is None:
+        return "no finished run of it in this folder"
+    if status.get("status") != "ok":
+        return "it failed in the earlier run"
+    if status.get("fingerprint") != fingerprint:
+        changed = _changes(status.get("inputs") or {}, inputs or {})
+        return "its settings changed: " + ("; ".join(changed) if changed else "(another version of the settings)")
     try:
         with open(os.path.join(out_dir, status["files"]["result"]), encoding="utf-8") as fh:
             res = FitResult.from_dict(json.load(fh))
@@ -330,7 +383,7 @@ def _load_method(out_dir, method, fingerprint) -> Optional[tuple]:
             idata = az.from_netcdf(os.path.join(out_dir, nc))
             res.samples = {k: torch.as_tensor(idata.posterior[k].values) for k in idata.posterior.data_vars}
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return "its result files are missing or unreadable"
     return res, status
 
 
@@ -389,6 +442,15 @@ def _plots(out_dir, spec, setup, results, seed, log) -> tuple:
 
 
 # --------------------------------------------------------------------------- main entry
+def _check_resumed_data(out_dir, names, data_fp) -> None:
+    """``--resume`` on a folder whose methods were fitted to other data is refused (nothing there could be reused)."""
+    for m in names:
+        old = ((_read_status(out_dir, m) or {}).get("inputs") or {}).get("data")
+        if old is not None and old != data_fp:
+            raise DataError(f"--resume: {out_dir!r} holds results for another data set (method {m}); use another "
+                            "--out, or drop --resume to run every method again on this data")
+
+
 def _load_data(spec, data, out_dir, seed, resume, simulation=None) -> tuple:
     """``(obj, source)``: the data set as parsed JSON and where it came from."""
     if data is None:
@@ -478,8 +540,7 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise DataError(f"--out {out_dir!r} exists and is not a directory; choose another path")
     os.makedirs(out_dir, exist_ok=True)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise MetagenError(f"seed must be an integer, got {seed!r}")
+    seed = check_seed(seed)
 
     if data is not None and simulation is not None:
         raise MetagenError("give either a data set or simulation sizes, not both")
@@ -492,6 +553,10 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
     base.update({k: v for k, v in budget_kw.items() if v is not None})
     budget = Budget(**base).check()
     _check_method_names(methods)
+    if not resume:
+        stale = _clear_outputs(out_dir, keep=data)
+        if stale:
+            log(f"removed {len(stale)} file(s) of an earlier run in {out_dir} (--resume keeps them)")
     obj, source = _load_data(spec, data, out_dir, seed, resume, simulation)
     t_setup = time.perf_counter()
     setup = _setup(spec, obj, seed=seed, dtype=dt, num_objects=num_objects, options=options,
@@ -504,18 +569,22 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
     common_fp = {"model": spec.name, "data": data_fp, "seed": seed, "K": setup.num_objects,
                  "options": {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in setup.options.items()},
                  "dtype": str(dt)}
+    if resume:
+        _check_resumed_data(out_dir, names, data_fp)
     results, statuses = {}, {}
     for i, m in enumerate(names, 1):
         settings = _method_settings(m, budget)
-        fp = _fingerprint({**common_fp, "method": m, "settings": settings})
+        inputs = {**common_fp, "method": m, "settings": settings}
+        fp = _fingerprint(inputs)
         if resume:
-            loaded = _load_method(out_dir, m, fp)
-            if loaded is not None:
+            loaded = _load_method(out_dir, m, fp, inputs)
+            if isinstance(loaded, tuple):
                 results[m], statuses[m] = loaded
                 log(f"[{i}/{len(names)}] {m}: finished in an earlier run, reused (--resume)")
                 continue
+            log(f"[{i}/{len(names)}] {m}: runs again (--resume): {loaded}")
         log(f"[{i}/{len(names)}] {m} ...")
-        status = {"method": m, "fingerprint": fp, "settings": settings}
+        status = {"method": m, "fingerprint": fp, "settings": settings, "inputs": inputs}
         res = None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -541,7 +610,9 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
             status["wall_time_s"] = float(res.wall_time_s)
         statuses[m] = _save_method(out_dir, m, res, status)
         results[m] = res
-        msg = (f"{m}: log lik. {res.log_likelihood:.4g}, {res.n_iter} iterations, {res.wall_time_s:.1f} s"
+        msg = (f"{m}: {res.info.get('log_likelihood_of', 'log lik.')} = {res.log_likelihood:.6g}, {res.n_iter} "
+               f"{'draws' if m == 'mcmc' else ('steps' if m.startswith('svi') else 'iterations')}, "
+               f"{res.wall_time_s:.1f} s"
                if res is not None else f"{m}: FAILED ({status['error']})")
         log(f"[{i}/{len(names)}] " + msg)
 
@@ -555,7 +626,7 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
                          f"(traceback in methods/{m}.status.json)")
         else:
             warns.extend(diagnose(m, results[m], budget, summaries.get(m)))
-    warns.extend(agreement_warnings({m: r for m, r in results.items() if r is not None}))
+    warns.extend(agreement_warnings(rows))
     files, plot_failures = _plots(out_dir, spec, setup, results, seed, log)
     warns.extend(plot_failures)
     table = table_markdown(rows)
@@ -570,18 +641,21 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
               f"Set-up (data conversion{' and structure search' if setup.extra_rows else ''}): {setup_s:.1f} s."]
     figures = []
     captions = [("objectives", "Objective traces (EM and SVI)"), ("mcmc_trace", "MCMC trace (arviz)"),
-                ("mcmc_rank", "MCMC rank plot (arviz)"), ("mcmc_forest", "MCMC forest plot with EM and SVI estimates"),
-                ("assignments", "Posterior assignment probabilities"), ("scene", "Scene")]
+                ("mcmc_rank", "MCMC rank plot (arviz)"), ("mcmc_forest", "MCMC forest plot, standardised per scalar (posterior mean 0, sd 1), with EM and "
+                 "SVI estimates, ESS and R-hat"),
+                ("assignments", "Posterior assignment probabilities of the 20 most uncertain observations"), ("scene", "Scene")]
     for key, caption in captions:
         if files.get(key):
             figures.append((caption, os.path.relpath(files[key], out_dir)))
     title = f"metagen-ppl compare: {spec.name}"
-    md = report_markdown(title, header, table, warns, setup.notes, figures)
+    definitions = column_definitions(rows, setup)
+    md = report_markdown(title, header, table, warns, setup.notes, figures, definitions)
 
     report_md = os.path.join(out_dir, "report.md")
     html_path = os.path.join(out_dir, "report.html")
     atomic_write_text(report_md, md)
-    atomic_write_text(html_path, report_html(title, header, rows, warns, setup.notes, figures, out_dir))
+    atomic_write_text(html_path, report_html(title, header, rows, warns, setup.notes, figures, out_dir,
+                                                    definitions))
     wall = time.perf_counter() - t_start
     summary = {"model": spec.name, "data": source, "num_objects": setup.num_objects, "seed": seed,
                "dtype": str(dt).replace("torch.", ""), "budget": dataclasses.asdict(budget), "methods": names,
@@ -591,7 +665,7 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
                "wall_time_s": wall}
     results_json = os.path.join(out_dir, "results.json")
     atomic_write_json(results_json, to_jsonable(summary))
-    return dict(rows=rows, table=table, warnings=warns, report=report_md, html=html_path,
+    return dict(rows=rows, table=table, warnings=warns, report=report_md, html=html_path, status=summary["status"],
                 results_json=results_json, files=files, wall_time_s=wall, results=results, setup=setup)
 
 

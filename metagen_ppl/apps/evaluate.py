@@ -85,6 +85,7 @@ from metagen_ppl.apps.video_fits import (Units, fit_em_units, fit_mcmc_units, fi
 from metagen_ppl.engine.checkpoint import Checkpoint, CheckpointError, hash_file, hash_tensors
 from metagen_ppl.errors import DataError, MetagenError
 from metagen_ppl.io import atomic_write_json, load_json
+from metagen_ppl.util import check_seed
 from metagen_ppl.apps.plots import plot_video
 
 __all__ = ["evaluate", "METHODS", "LEARN_ON"]
@@ -224,6 +225,7 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
 def _evaluate(spec, units, *, data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V,
               max_objects, svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log) -> dict:
     t_start = time.perf_counter()
+    seed = check_seed(seed)
     if method not in METHODS:
         raise MetagenError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if learn_on not in LEARN_ON:

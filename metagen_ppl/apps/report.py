@@ -98,16 +98,19 @@ def diagnose(method: str, res: FitResult, budget, summary: Optional[dict] = None
     return out
 
 
-def agreement_warnings(results: dict) -> list:
-    """EM and SVI-MAP maximise the same objective: flag when they end far apart."""
+def agreement_warnings(rows: list) -> list:
+    """EM and SVI-MAP maximise the same objective: flag when they end far apart (``rows``: the table's
+    rows, whose ``log_joint`` is one computation for every method)."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("log_joint") is not None
+          and math.isfinite(r["log_joint"])]
+    em = [r for r in ok if r["method"].startswith("em") and r["method"] != "em structure search"]
+    svi = next((r for r in ok if r["method"] == "svi-map"), None)
     out = []
-    em = [(m, r) for m, r in results.items() if m.startswith("em")]
-    svi = results.get("svi-map")
     if svi is not None and em:
-        best_m, best = max(em, key=lambda mr: mr[1].log_joint)
-        gap = best.log_joint - svi.log_joint
-        if gap > max(1.0, 1e-4 * abs(best.log_joint)):
-            out.append(f"svi-map: its log joint is {gap:.2f} below {best_m}'s on the same objective "
+        best = max(em, key=lambda r: r["log_joint"])
+        gap = best["log_joint"] - svi["log_joint"]
+        if gap > max(1.0, 1e-4 * abs(best["log_joint"])):
+            out.append(f"svi-map: its log joint is {gap:.2f} below {best['method']}'s on the same objective "
                        "(a worse optimum or not converged); raise --svi-steps, or start SVI from several seeds")
     return out
 
@@ -122,8 +125,15 @@ def _elbo(res: FitResult) -> Optional[float]:
     return float(np.mean(trace[-w:]))
 
 
+#: where a method's own label says its estimate is the posterior mean (MCMC)
+_AT_MEAN = " at the posterior mean"
+
+
 def table_row(method, res: Optional[FitResult], status: dict, setup,
-         summary: Optional[dict] = None) -> dict:
+              summary: Optional[dict] = None) -> dict:
+    """One row of the table. ``log_likelihood`` and ``log_joint`` come from ``setup.score`` when the
+    set-up defines it (one computation for every method), else from the result itself;
+    ``log_likelihood_of`` says which quantity it is."""
     row = {"method": method, "status": status.get("status", "ok"), "error": status.get("error")}
     if res is None:
         return row
@@ -134,7 +144,16 @@ def table_row(method, res: Optional[FitResult], status: dict, setup,
         except Exception as e:  # scoring must not lose the row
             acc = {}
             row["error"] = f"accuracy failed: {type(e).__name__}: {e}"
-    row.update(accuracy=acc, log_likelihood=float(res.log_likelihood), log_joint=float(res.log_joint),
+    ll, lj = float(res.log_likelihood), float(res.log_joint)
+    ll_of = str((res.info or {}).get("log_likelihood_of", "log p(data|theta)"))
+    if ll_of.endswith(_AT_MEAN):
+        ll_of = ll_of[:-len(_AT_MEAN)]
+    if setup.score is not None:
+        sc = setup.score(res) or {}
+        ll, lj = sc.get("log_likelihood"), sc.get("log_joint")
+        ll_of = setup.score_of.get("log_likelihood", "the set-up's score")
+    row.update(accuracy=acc, log_likelihood=None if ll is None else float(ll),
+               log_joint=None if lj is None else float(lj), log_likelihood_of=ll_of,
                elbo=_elbo(res), n_iter=int(res.n_iter),
                iter_kind="draws" if method == "mcmc" else ("steps" if method.startswith("svi") else "iterations"),
                converged=bool(res.converged), wall_time_s=float(res.wall_time_s))
@@ -142,6 +161,57 @@ def table_row(method, res: Optional[FitResult], status: dict, setup,
         row.update(summary if summary is not None else mcmc_summary(res))
         row["divergences"] = int(sum(res.info.get("divergences") or [0]))
     return row
+
+
+#: what each accuracy column of the built-in models measures
+ACCURACY_DEFINITIONS = {
+    "location error": "mean distance between matched estimated and true objects (Hungarian matching; for the "
+                      "detector and projective models only pairs of the same category within 1 m match)",
+    "assignment accuracy": "share of observations whose most probable object is the true one, after matching "
+                           "estimated to true objects",
+    "category accuracy": "share of objects whose estimated category is the true one, after the same matching",
+    "object F1": "harmonic mean of precision and recall",
+    "precision": "matched estimated objects / estimated objects (same category, within 1 m, Hungarian "
+                 "matching, pooled over scenes)",
+    "recall": "matched true objects / true objects (same matching)",
+    "rates MAE": "mean absolute error of the learned detection rates against the simulated detector's",
+    "hallucination MAE": "mean absolute error of the learned hallucination rates against the simulated "
+                         "detector's",
+}
+
+
+def column_definitions(rows: list, setup) -> list:
+    """``(column, definition)`` for every column of the table that the rows fill."""
+    acc_names = []
+    for r in rows:
+        for k in (r.get("accuracy") or {}):
+            if k not in acc_names:
+                acc_names.append(k)
+    own = dict(getattr(setup, "definitions", None) or {})
+    out = [(k, own.get(k) or ACCURACY_DEFINITIONS.get(k) or "an accuracy measure of the model's set-up "
+            "(prepare_comparison)") for k in acc_names]
+    labels = {r["method"]: r["log_likelihood_of"] for r in rows if r.get("log_likelihood_of")}
+    if len(set(labels.values())) <= 1:
+        what = next(iter(labels.values()), "log p(data|theta)")
+        ll = (f"{what}, the same computation for every method (the discrete sites summed out exactly), at each "
+              "method's estimate: EM and SVI-MAP the mode, SVI-normal the guide's mean, MCMC the label-aligned "
+              "posterior mean")
+    else:
+        ll = ("not one quantity across methods: " + "; ".join(f"{m}: {q}" for m, q in labels.items())
+              + " (the rows do not compare on this column)")
+    out.append(("log lik. at estimate", ll))
+    lj = getattr(setup, "score_of", {}).get("log_joint") if getattr(setup, "score", None) else None
+    out.append(("log joint", (lj or "log lik. + log p(theta), the prior log density of the continuous sites")
+                + " at the estimate (EM's and SVI-MAP's objective)"))
+    out.append(("ELBO", "SVI's objective, mean over the last 10% of steps"))
+    out.append(("iterations / draws", "EM iterations of the best restart, SVI steps, or MCMC draws after warm-up "
+                "(all chains)"))
+    out.append(("converged", "EM: the log joint changed by less than tol; SVI: the loss flattened; MCMC: max "
+                f"R-hat of the label-aligned draws <= {RHAT_MAX} (needs 2 or more chains)"))
+    out.append(("wall (s)", "the method's own wall time (set-up and plots excluded)"))
+    out.append(("R-hat, ESS bulk, ESS tail", "MCMC after label alignment: max R-hat and min bulk / tail ESS "
+                f"over all scalars (targets: R-hat <= {RHAT_MAX}, ESS >= {ESS_MIN_PER_CHAIN} per chain)"))
+    return out
 
 
 def _fmt(v, spec=".3f"):
@@ -201,23 +271,16 @@ def table_html(rows: list) -> str:
             + "".join(out) + "</tbody></table>")
 
 
-def report_markdown(title, header_lines, table, warns, notes, figures) -> str:
+def report_markdown(title, header_lines, table, warns, notes, figures, definitions=()) -> str:
+    """The report as Markdown (``definitions``: :func:`column_definitions`)."""
     parts = [f"# {title}", "", *header_lines, "", "## Results", "", table, ""]
     parts += ["## Diagnostics", ""]
     parts += [f"* {w}" for w in warns] if warns else ["* no warnings: every method converged by its own test."]
     parts.append("")
     if notes:
         parts += ["## Notes", "", *[f"* {n}" for n in notes], ""]
-    parts += ["## Column definitions", "",
-              "* **accuracy columns** (when the truth is known): location error = mean distance between matched "
-              "estimated and true objects (Hungarian matching); assignment / category accuracy after the same "
-              "matching.",
-              "* **log lik. at estimate**: log p(x | estimate) with the discrete sites summed out exactly, the same "
-              "computation for every method (MCMC: at the label-aligned posterior mean).",
-              "* **log joint**: log lik. + log prior at the estimate (EM's and SVI-MAP's objective).",
-              "* **ELBO**: SVI's objective, mean over the last 10% of steps.",
-              f"* **R-hat, ESS**: MCMC after label alignment; max R-hat and min bulk / tail ESS over all scalars "
-              f"(targets: R-hat <= {RHAT_MAX}, ESS >= {ESS_MIN_PER_CHAIN} per chain).", ""]
+    if definitions:
+        parts += ["## Column definitions", "", *[f"* **{k}**: {v}." for k, v in definitions], ""]
     for caption, rel in figures:
         parts += [f"## {caption}", "", f"![{caption}]({rel})", ""]
     return "\n".join(parts)
@@ -230,7 +293,7 @@ def _md_inline(text: str) -> str:
     return out
 
 
-def report_html(title, header_lines, rows, warns, notes, figures, out_dir) -> str:
+def report_html(title, header_lines, rows, warns, notes, figures, out_dir, definitions=()) -> str:
     """A self-contained page: the same content as the Markdown, images embedded as base64."""
     table = table_html(rows)
     imgs = []
@@ -246,6 +309,8 @@ def report_html(title, header_lines, rows, warns, notes, figures, out_dir) -> st
     warn_html = ("<ul class=\"warn\">" + "".join(f"<li>{_md_inline(w)}</li>" for w in warns) + "</ul>"
                  if warns else "<p>No warnings: every method converged by its own test.</p>")
     note_html = ("<h2>Notes</h2><ul>" + "".join(f"<li>{_md_inline(n)}</li>" for n in notes) + "</ul>") if notes else ""
+    note_html += ("<h2>Column definitions</h2><ul>" + "".join(f"<li><b>{html.escape(k)}</b>: {_md_inline(v)}.</li>"
+                                                             for k, v in definitions) + "</ul>") if definitions else ""
     header = "".join(f"<p>{_md_inline(h)}</p>" for h in header_lines if h)
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"

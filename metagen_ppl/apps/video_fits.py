@@ -11,12 +11,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 import time
 from typing import Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from metagen_ppl.domain.metagen_data import SPLIT_A_SIZE
 from metagen_ppl.engine.checkpoint import Checkpoint, FitInterrupted
@@ -24,6 +22,7 @@ from metagen_ppl.engine.enumeration import EnumeratedModel
 from metagen_ppl.engine.registry import ModelSpec, load_model
 from metagen_ppl.engine.svi import fit_svi
 from metagen_ppl.errors import DataError, ModelError
+from metagen_ppl.util import make_progress
 
 
 #: What a video model module provides to ``evaluate`` (the ``projective`` model's functions; a variant
@@ -44,10 +43,8 @@ def video_model(model="projective") -> ModelSpec:
 
 
 def progress_bar(total, desc, enabled, unit="video"):
-    """A tqdm bar over videos on stderr, or ``None``."""
-    if not enabled:
-        return None
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)
+    """A bar (terminal) or log lines over videos on stderr, or ``None``."""
+    return make_progress(total, desc, enabled, unit=unit)
 
 
 def fit_unit(spec, data, mode, progress, desc, params=None, truth=None, units=None, name=None, **kw):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from metagen_ppl.apps.cli.common import Formatter, check_model_options, parse_options, progress_enabled, say
+from metagen_ppl.apps.cli.common import (Formatter, check_model_options, parse_options, finish_comparison, prepare_output,
+                                         progress_enabled, say, seed_argument)
 from metagen_ppl.apps.compare import BASE_METHODS, Budget, compare
 from metagen_ppl.engine.registry import load_model
 from metagen_ppl.errors import MetagenError
@@ -28,15 +29,13 @@ def add_parser(sub, parents: dict):
                "  metagen-ppl compare --data data.json --num-objects 4 --out cmp --resume")
     p.add_argument("--data", "-d", default=None, help="data file (default: simulate with the model's simulate hook)")
     p.add_argument("--out", "-o", default="metagen-compare", help="report directory")
-    p.add_argument("--seed", type=int, default=0, help="random seed shared by the simulation and every method")
+    p.add_argument("--seed", type=seed_argument, default=0, help="random seed shared by the simulation and every method")
     p.add_argument("--methods", default=",".join(BASE_METHODS),
                    help="comma-separated subset of em,svi-map,svi-normal,mcmc (default: all)")
     p.add_argument("--num-objects", "-K", type=int, default=None,
                    help="number of objects K (default: the data file's num_objects)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="floating-point precision")
     p.add_argument("--resume", action="store_true", help="reuse the methods already finished in --out")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (1 is fastest for these small models; 0 = torch's default)")
     g = p.add_argument_group("budgets (default: the model's own, else the values shown)")
     d = Budget()
     for name, typ, help_ in (("em_inits", int, "EM restarts"), ("em_max_iter", int, "EM iteration limit"),
@@ -64,12 +63,9 @@ def run(args) -> int:
     if not methods:
         raise MetagenError("--methods is empty; give e.g. --methods em,mcmc")
     budget_kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(Budget) if hasattr(args, f.name)}
+    created = prepare_output(args.out, directory=True)
     summary = compare(spec, args.data, out_dir=args.out, seed=args.seed, methods=methods,
                       num_objects=args.num_objects, options=options, dtype=args.dtype, resume=args.resume,
-                      threads=None if args.threads == 0 else args.threads,
+                      threads=None,                    # set by the command line (--threads)
                       progress=progress_enabled(args), log=lambda m: say(m, file=sys.stderr), **budget_kw)
-    say(summary["table"])
-    for w in summary["warnings"]:
-        say(f"warning: {w}")
-    say(f"report: {summary['html']} and {summary['report']}; results: {summary['results_json']}")
-    return 0
+    return finish_comparison(summary, created)

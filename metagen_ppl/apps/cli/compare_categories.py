@@ -6,7 +6,7 @@ import sys
 
 from metagen_ppl.apps.category_study import DESCRIPTION, add_arguments
 from metagen_ppl.apps.category_study import run as run_study
-from metagen_ppl.apps.cli.common import Formatter
+from metagen_ppl.apps.cli.common import Formatter, prepare_output, report_created
 
 
 def add_parser(sub, parents: dict):
@@ -21,4 +21,7 @@ def add_parser(sub, parents: dict):
 
 
 def run(args) -> int:
-    return run_study(args, command="metagen-ppl " + " ".join(sys.argv[1:]))
+    created = prepare_output(args.out, directory=True)
+    code = run_study(args, command="metagen-ppl " + " ".join(sys.argv[1:]))
+    report_created(created)
+    return code

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from metagen_ppl.apps.cli.common import EXIT_INTERRUPTED, progress_enabled
+from metagen_ppl.apps.cli.common import EXIT_INTERRUPTED, Formatter, prepare_output, report_created, progress_enabled, seed_argument
 from metagen_ppl.apps.evaluate import LEARN_ON, METHODS, evaluate
 
 
 def add_parser(sub, parents: dict):
     """Register ``metagen-ppl evaluate``."""
     p = sub.add_parser(
-        "evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "evaluate", formatter_class=Formatter, parents=[parents["common"]],
         help="fit the projective detector model to a MetaGen detection file; write world states, V, metrics",
         description="Fit every video of a MetaGen detection JSON file with the projective detector model "
                     "(V learned across videos), write DIR/world_states.json, DIR/metacognition.json, "
@@ -26,7 +26,7 @@ def add_parser(sub, parents: dict):
     p.add_argument("--method", "-m", choices=METHODS, default="em", help="inference method")
     p.add_argument("--learn-on", choices=LEARN_ON, default="all",
                    help="learn V on all videos, or on videos 1-50 only (then fixed for 51-100)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (SVI, MCMC)")
+    p.add_argument("--seed", type=seed_argument, default=0, help="random seed (SVI, MCMC)")
     p.add_argument("--plots", type=int, default=3, help="number of videos to draw (PNG)")
     p.add_argument("--max-objects", type=int, default=8, help="object slots per video")
     p.add_argument("--no-lesioned", action="store_true", help="skip the lesioned model")
@@ -36,17 +36,16 @@ def add_parser(sub, parents: dict):
     p.add_argument("--mcmc-videos", type=int, default=3, help="videos sampled by NUTS (method mcmc)")
     p.add_argument("--mcmc-samples", type=int, default=100, help="NUTS draws per video (method mcmc)")
     p.add_argument("--mcmc-warmup", type=int, default=100, help="NUTS warm-up steps per video (method mcmc)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a shared machine)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars on stderr (default: on when stderr is a terminal)")
+                   help="progress on stderr: a bar on a terminal, a line every 15 s or so when stderr "
+                        "goes to a log (default: on)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run of the same command: the finished units in OUT/checkpoints/ "
                         "(each fit, SVI run, MCMC video) are reused, an unfinished fit continues from its last "
                         "structure-search round; units of other data or settings are refused")
     p.add_argument("--no-checkpoint", action="store_true",
                    help="keep no checkpoints (OUT/checkpoints/, written atomically after every round and unit)")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the full traceback on errors")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, workload="batched")
     return p
 
 
@@ -71,13 +70,14 @@ def summary_lines(metrics: dict) -> list:
 def run(args) -> int:
     """Run ``evaluate`` from parsed arguments; prints a summary table; returns 0 (130 on Ctrl-C, after one
     line on stderr saying what was kept and how to resume)."""
+    created = prepare_output(args.out, directory=True)
     try:
         metrics = evaluate(args.data, args.out, method=args.method, learn_on=args.learn_on, seed=args.seed,
                            progress=progress_enabled(args), plots=args.plots, lesioned=not args.no_lesioned,
                            ground_truth_V=not args.no_ground_truth_V, max_objects=args.max_objects,
                            svi_steps=args.svi_steps, svi_lr=args.svi_lr, mcmc_videos=args.mcmc_videos,
                            mcmc_samples=args.mcmc_samples, mcmc_warmup=args.mcmc_warmup,
-                           log=lambda m: print(m, file=sys.stderr, flush=True), num_threads=args.threads,
+                           log=lambda m: print(m, file=sys.stderr, flush=True), num_threads=None,
                            checkpoint=not getattr(args, "no_checkpoint", False),
                            resume=getattr(args, "resume", False), model=args.model)
     except KeyboardInterrupt as e:
@@ -86,4 +86,5 @@ def run(args) -> int:
         return EXIT_INTERRUPTED
     print("\n".join(summary_lines(metrics)))
     print(f"-> {args.out}/world_states.json, metacognition.json, metrics.json")
+    report_created(created)
     return 0

@@ -6,8 +6,9 @@ import math
 
 import torch
 
-from metagen_ppl.apps.cli.common import (EXIT_OK, Formatter, check_model_options, parse_options,
-                                         progress_enabled, say)
+from metagen_ppl.apps.cli.common import (EXIT_OK, Formatter, check_model_options, parse_options, prepare_output,
+                                         report_created,
+                                         progress_enabled, say, seed_argument)
 from metagen_ppl.engine.align import location_error
 from metagen_ppl.engine.em import fit_em
 from metagen_ppl.engine.mcmc import fit_mcmc
@@ -15,7 +16,7 @@ from metagen_ppl.engine.registry import load_model
 from metagen_ppl.engine.svi import fit_svi
 from metagen_ppl.engine.validate import check_options
 from metagen_ppl.errors import DataError, ModelError
-from metagen_ppl.io import check_output_path, data_from_json, load_json, num_objects_from_json
+from metagen_ppl.io import data_from_json, load_json, num_objects_from_json
 from metagen_ppl.models.categorical import strategies as categories
 
 METHODS = ("em", "svi", "svi-map", "svi-normal", "mcmc")
@@ -56,8 +57,7 @@ def _check_fit_args(args) -> None:
 
 def run(args) -> int:
     _check_fit_args(args)
-    if args.out:
-        check_output_path(args.out)
+    created = prepare_output(args.out)
     spec = load_model(args.model)
     options = parse_options(args.option)
     check_model_options(spec, options)
@@ -102,12 +102,14 @@ def run(args) -> int:
         result.to_json(args.out)
     n = next((v.shape[0] for v in data.values() if hasattr(v, "shape") and len(v.shape) > 0), "?")
     line = (f"{result.method} {result.model} K={k} N={n}: log_likelihood={result.log_likelihood:.6g} "
+            f"[{result.info.get('log_likelihood_of', 'log p(data|theta)')}] "
             f"n_iter={result.n_iter} converged={result.converged} wall={result.wall_time_s:.2f}s")
     if err is not None:
         line += f" location_error={err:.4g}"
     if args.out:
         line += f" -> {args.out}"
     say(line)
+    report_created(created)
     return EXIT_OK
 
 
@@ -141,9 +143,10 @@ def add_parser(sub, parents: dict):
     p.add_argument("--data", "-d", required=True, help="data file (JSON exchange format)")
     p.add_argument("--num-objects", "-K", type=int, default=None,
                    help="number of objects K (default: the data file's num_objects)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=seed_argument, default=0, help="random seed")
     p.add_argument("--out", "-o", default=None, help="output result file (JSON); none if omitted")
-    p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="floating-point precision")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="floating-point precision of the fit; the data file is read in it")
     g = p.add_argument_group("EM options")
     g.add_argument("--num-inits", type=int, default=3, help="EM restarts (best kept)")
     g.add_argument("--max-iter", type=int, default=200, help="EM iteration limit")

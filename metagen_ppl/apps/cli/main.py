@@ -17,8 +17,10 @@ from typing import Optional, Sequence
 from metagen_ppl import __version__
 from metagen_ppl.apps.cli import compare, compare_categories, demo, evaluate, fit, metacognition, simulate
 from metagen_ppl.apps.cli.common import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, Formatter, Parser,
+                                         resolve_threads,
                                          UsageError, one_line, parent_parsers, say)
 from metagen_ppl.errors import DataError, MetagenError
+from metagen_ppl.util import torch_threads
 
 #: The commands, in ``--help`` order: each module has ``add_parser(subparsers, parents)``.
 COMMANDS = (simulate, fit, demo, compare, metacognition, evaluate, compare_categories)
@@ -72,8 +74,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     with warnings.catch_warnings():
         warnings.showwarning = showwarning
+        # the libraries' plans (deprecations, future changes) are not the user's to act on
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         try:
-            return int(args.func(args) or EXIT_OK)
+            with torch_threads(resolve_threads(getattr(args, "threads", "auto"), getattr(args, "workload", "small"))):
+                return int(args.func(args) or EXIT_OK)
         except (MetagenError, OSError) as e:
             if debug:
                 traceback.print_exc()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-from metagen_ppl.apps.cli.common import EXIT_OK, Formatter, Parser, say
+from metagen_ppl.apps.cli.common import EXIT_OK, Formatter, Parser, progress_enabled, prepare_output, report_created, say, seed_argument
 from metagen_ppl.errors import MetagenError
-from metagen_ppl.io import check_output_path, load_json
+from metagen_ppl.io import load_json
 from metagen_ppl.domain.metagen_data import CATEGORIES
 from metagen_ppl.domain.objects import object_metrics, truth_objects
 from metagen_ppl.domain.scenes import SceneSet, load_scenes, parse_V, write_scenes
@@ -50,14 +50,14 @@ def add_parser(sub, parents: dict):
                          description="Simulate scenes of the detector model M3 (multi-scene JSON with the truth).")
     q.add_argument("--num-scenes", type=int, default=100, help="scenes")
     q.add_argument("--num-frames", type=int, default=20, help="frames per scene")
-    q.add_argument("--seed", type=int, default=0, help="random seed")
+    q.add_argument("--seed", type=seed_argument, default=0, help="random seed")
     q.add_argument("--scale", type=float, default=0.3, help="location noise sigma of real detections")
     q.add_argument("--emission", choices=("poisson", "bernoulli"), default="poisson",
                    help="detections per object and frame: Poisson(r_c) (the model) or at most one")
     q.add_argument("--V", default=None, help="JSON file with the true V (default: drawn)")
     q.add_argument("--out", "-o", required=True, help="output scenes file (JSON)")
     q.set_defaults(func=run_simulate)
-    f = inner.add_parser("fit", parents=common, formatter_class=Formatter,
+    f = inner.add_parser("fit", parents=common + [parents["progress"]], formatter_class=Formatter,
                          help="fit scenes: learn V (or use a given or the lesioned V) and infer objects",
                          description="Fit the detector model M3 to many scenes: learn V (or use a given or the "
                                      "lesioned V) and infer each scene's objects by the structure search.")
@@ -69,8 +69,7 @@ def add_parser(sub, parents: dict):
     f.add_argument("--max-iter", type=int, default=100, help="EM iterations per continuous phase")
     f.add_argument("--max-objects", type=int, default=8, help="object slots per scene")
     f.add_argument("--tol", type=float, default=1e-7, help="EM relative tolerance on the log joint")
-    f.add_argument("--seed", type=int, default=0, help="random seed (SVI)")
-    f.add_argument("--progress", action="store_true", help="a progress bar over rounds")
+    f.add_argument("--seed", type=seed_argument, default=0, help="random seed (SVI)")
     f.add_argument("--out", "-o", default=None,
                    help="result JSON (objects per scene, V, trace), rewritten atomically after every round")
     f.add_argument("--checkpoint", default=None, metavar="PATH",
@@ -90,7 +89,7 @@ def _read_V(path):
 
 
 def run_simulate(args) -> int:
-    check_output_path(args.out)
+    created = prepare_output(args.out)
     kw = {}
     if args.V:
         V = _read_V(args.V)
@@ -98,6 +97,7 @@ def run_simulate(args) -> int:
     scenes = simulate(args.num_scenes, args.num_frames, args.seed, scale=args.scale, emission=args.emission, **kw)
     write_scenes(args.out, scenes)
     say(f"simulated {args.num_scenes} scenes x {args.num_frames} frames -> {args.out}")
+    report_created(created)
     return EXIT_OK
 
 
@@ -105,9 +105,7 @@ def run_fit(args) -> int:
     sc = load_scenes(args.data)
     V = _read_V(args.V) if args.V else None
     ckpt = None if args.no_checkpoint else (args.checkpoint or (args.out + ".checkpoint.json" if args.out else None))
-    for target in (args.out, ckpt):  # fail before the fit, not after its first round
-        if target:
-            check_output_path(target)
+    created = [prepare_output(target) for target in (args.out, ckpt)]  # fail before the fit, not after round 1
     if args.resume and ckpt is None:
         raise MetagenError("--resume needs the checkpoint of the earlier run: give the same --out (or "
                            "--checkpoint PATH), without --no-checkpoint")
@@ -115,8 +113,9 @@ def run_fit(args) -> int:
         say(f"no checkpoint at {ckpt} yet: starting afresh", file=sys.stderr)
     res = fit_metacognition(sc, mode=args.mode, V=V, inner=args.inner, max_rounds=args.max_rounds,
                             max_iter=args.max_iter, max_objects=args.max_objects, tol=args.tol, seed=args.seed,
-                            progress=args.progress, out=args.out, checkpoint=ckpt, resume=args.resume)
+                            progress=progress_enabled(args), out=args.out, checkpoint=ckpt, resume=args.resume)
     say("\n".join(_summary(res, sc)))
     if args.out:
         say(f"-> {args.out}")
+    report_created(*created)
     return EXIT_OK

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from metagen_ppl.apps.cli.common import EXIT_OK, Formatter, check_model_options, parse_options, say
+from metagen_ppl.apps.cli.common import EXIT_OK, Formatter, check_model_options, parse_options, prepare_output, report_created, say, seed_argument
 from metagen_ppl.apps.cli.fit import MULTI_SCENE
 from metagen_ppl.engine.registry import load_model
 from metagen_ppl.engine.validate import check_options
 from metagen_ppl.errors import DataError, ModelError
-from metagen_ppl.io import check_output_path, save_data
+from metagen_ppl.io import save_data
 
 
 def run(args) -> int:
-    check_output_path(args.out)
+    created = prepare_output(args.out)
     spec = load_model(args.model)
     if spec.name in MULTI_SCENE:
         raise ModelError(f"model {spec.name!r} simulates a list of scenes, not the single-scene data file "
@@ -43,6 +43,7 @@ def run(args) -> int:
     save_data(args.out, obj)
     say(f"simulated {len(obj['observations'])} observations of {args.num_objects} objects "
          f"(model {spec.name}, seed {args.seed}) -> {args.out}")
+    report_created(created)
     return EXIT_OK
 
 
@@ -54,7 +55,7 @@ def add_parser(sub, parents: dict):
                                    "simulate() hook and write them (with the truth) as JSON.")
     p.add_argument("--num-objects", "-K", type=int, required=True, help="number of objects K")
     p.add_argument("--num-obs", "-N", type=int, required=True, help="number of observations N")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=seed_argument, default=0, help="random seed")
     p.add_argument("--out", "-o", required=True, help="output data file (JSON)")
     p.set_defaults(func=run)  # _cmd_simulate)
     return p
