@@ -107,8 +107,17 @@ def progress_bar(total, desc: str, enabled: bool, **kwargs):
 AUTO_THREADS = {"small": 1, "batched": 2}
 
 
-def auto_threads(workload: str) -> int:
-    """The thread count for a workload kind of :data:`AUTO_THREADS`, at most the machine's cores."""
+#: Data size (entries of the largest data tensor x objects, e.g. N * D * K) from which a point model's tensors are large enough to be a
+#: "batched" workload: measured on 2 cores, EM on N = 600, D = 3, K = 4 (7.2e3) is fastest on 1 thread,
+#: EM on N = 100000, D = 3, K = 10 (3e6) on 2 (``comparisons/bench_threads.py``).
+BATCHED_FROM = 100_000
+
+
+def auto_threads(workload: str, size: Optional[int] = None) -> int:
+    """The thread count for a workload kind of :data:`AUTO_THREADS` (a ``"small"`` workload of ``size`` >=
+    :data:`BATCHED_FROM` counts as ``"batched"``), at most the machine's cores."""
+    if workload == "small" and size is not None and size >= BATCHED_FROM:
+        workload = "batched"
     return max(1, min(AUTO_THREADS[workload], os.cpu_count() or 1))
 
 

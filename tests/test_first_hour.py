@@ -73,6 +73,21 @@ def test_threads_are_set_while_the_command_runs_and_restored(flag, expected, dat
     assert torch.get_num_threads() == before
 
 
+def test_fit_auto_threads_follow_the_data_size(tmp_path, monkeypatch, capsys):
+    seen = []
+
+    def record(*a, **k):
+        seen.append(torch.get_num_threads())
+        raise KeyboardInterrupt  # stop here: only the thread count matters
+
+    monkeypatch.setattr(fit_cli, "fit_em", record)
+    for n in (600, 10_000):                 # 600 * 3 * 4 = 7.2e3 (small); 10000 * 3 * 4 = 1.2e5 (batched)
+        path = tmp_path / f"d{n}.json"
+        path.write_text(json.dumps({"observations": torch.randn(n, 3).tolist(), "num_objects": 4}))
+        run(capsys, "fit", "--data", path)
+    assert seen == [auto_threads("small"), auto_threads("batched")]
+
+
 def test_evaluate_auto_threads_is_the_batched_choice(monkeypatch, capsys, tmp_path):
     from metagen_ppl.apps.cli import evaluate as eval_cli
 

@@ -93,7 +93,8 @@ def parent_parsers() -> dict:
                         help="print the full traceback on errors")
     common.add_argument("--threads", type=threads_argument, default="auto", metavar="N",
                         help="torch intra-op threads: 'auto' (default: by measurement, 1 for the small tensors "
-                             "of the point models, SVI and NUTS, 2 for evaluate's batched videos), 0 for torch's "
+                             "of the point models, SVI and NUTS, 2 for evaluate's batched videos and fit on large "
+                             "data), 0 for torch's "
                              "default (every core), or a number")
     model_opts = Parser(add_help=False)
     model_opts.add_argument("--model", default="baseline", help="built-in model name or path of a .py model file")

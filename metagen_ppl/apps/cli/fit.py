@@ -18,6 +18,7 @@ from metagen_ppl.engine.validate import check_options
 from metagen_ppl.errors import DataError, ModelError
 from metagen_ppl.io import data_from_json, load_json, num_objects_from_json
 from metagen_ppl.models.categorical import strategies as categories
+from metagen_ppl.util import auto_threads
 
 METHODS = ("em", "svi", "svi-map", "svi-normal", "mcmc")
 
@@ -78,6 +79,9 @@ def run(args) -> int:
         raise DataError(f"{origin} = {k} exceeds the {x.shape[0]} observations of {args.data}; "
                         "use K <= N")
     check_options(options, k, where="--option")
+    if args.threads == "auto":  # large data sets make even the point models a batched workload
+        torch.set_num_threads(auto_threads("small", size=max((v.numel() for v in data.values()
+                                                               if torch.is_tensor(v)), default=0) * k))
     progress = progress_enabled(args)
     method = "svi-map" if args.method == "svi" else args.method
     if args.categories is not None or spec.name == "categorical":
