@@ -3,7 +3,8 @@
 Data file (written by ``metagen-ppl simulate``, read by ``metagen-ppl fit``)::
 
     {
-      "observations": [[x, y, z], ...],      # required: N rows of equal length
+      "observations": [[x, y, z], ...],      # required: N rows of equal length (or per scene:
+                                             #   [[[x, y, z], ...], ...], S scenes of M rows -> (S, M, D))
       "categories":   [int, ...],            # optional: observed category o_n >= 0
       "num_objects":  K,                      # optional: default K for `fit`
       "model":        "baseline",             # optional, informative
@@ -11,7 +12,8 @@ Data file (written by ``metagen-ppl simulate``, read by ``metagen-ppl fit``)::
     }
 
 :func:`data_from_json` turns such an object into a model's ``data`` dict
-(``{"x": (N, 3) tensor, "o": (N,) long tensor}``); a model module may replace
+(``{"x": (N, D) tensor, "o": (N,) long tensor}``; ``D`` as the model's ``DATA_DIM`` says,
+3 for the built-in point models, any for a model file without it); a model module may replace
 that conversion with its own ``data_from_json(obj, dtype)`` hook (see
 :mod:`metagen_ppl.engine.registry`).
 """
@@ -246,7 +248,12 @@ def check_categories(cats, n: int, source: Optional[str]) -> list:
     return cats
 
 
-def data_from_json(obj, spec=None, dtype=torch.float64, source: str = "<data>", dim: Optional[int] = 3) -> dict:
+#: ``dim`` of :func:`data_from_json` when not given: the model's ``DATA_DIM`` (``spec.data_dim``; ``None``: any),
+#: 3 without a model.
+FROM_MODEL = "from-model"
+
+
+def data_from_json(obj, spec=None, dtype=torch.float64, source: str = "<data>", dim=FROM_MODEL) -> dict:
     """Convert a parsed data file to a model's ``data`` dict.
 
     Parameters
@@ -260,14 +267,18 @@ def data_from_json(obj, spec=None, dtype=torch.float64, source: str = "<data>", 
     source : str
         Name used in error messages (usually the file path).
     dim : int or None
-        Required number of coordinates per observation (3 for the point
-        models); ``None`` accepts any, as long as all rows agree.
+        Required number of coordinates per observation; ``None`` accepts any, as
+        long as all rows agree. Default: the model's ``DATA_DIM`` (``spec.data_dim``:
+        3 for the built-in point models, any for a model file that does not set it),
+        3 without ``spec``.
 
     Returns
     -------
     dict
         ``{"x": (N, D) tensor of dtype}``, plus ``"o": (N,) long tensor`` when
-        the file has ``categories``.
+        the file has ``categories``. Observations given per scene
+        (``[[[x, y, z], ...], [[x, y, z], ...]]``, every scene with the same number of
+        rows) give ``x`` of shape ``(S, M, D)`` (and ``o`` of ``(S, M)`` from per-scene categories).
 
     Raises
     ------
@@ -298,11 +309,41 @@ def data_from_json(obj, spec=None, dtype=torch.float64, source: str = "<data>", 
     if "observations" not in obj:
         raise DataError(f"{source}: no 'observations' field; a data file looks like "
                         '{"observations": [[x, y, z], ...]}')
-    obs = check_observations(obj["observations"], source, dim)
-    data = {"x": torch.tensor(obs, dtype=dtype)}
+    if dim == FROM_MODEL:
+        dim = getattr(spec, "data_dim", None) if spec is not None else 3
+    obs = obj["observations"]
     cats = obj.get("categories")
+    if isinstance(obs, list) and obs and isinstance(obs[0], list) and obs[0] and isinstance(obs[0][0], list):
+        return _scenes_from_json(obs, cats, dtype, source, dim)
+    obs = check_observations(obs, source, dim)
+    data = {"x": torch.tensor(obs, dtype=dtype)}
     if cats is not None:
         data["o"] = torch.tensor(check_categories(cats, len(obs), source), dtype=torch.long)
+    return data
+
+
+def _scenes_from_json(scenes: list, cats, dtype, source: Optional[str], dim: Optional[int]) -> dict:
+    """Observations given per scene: ``x`` of shape ``(S, M, D)`` (every scene with ``M`` rows of ``D``)."""
+    at = f"{source}: " if source else ""
+    rows, width = [], None
+    for s, scene in enumerate(scenes):
+        where = f"{source}: scene {s}" if source else f"scene {s}"
+        if not isinstance(scene, list) or not scene or not isinstance(scene[0], list):
+            raise DataError(f"{at}'observations' mixes scenes (lists of rows) and other entries: scene {s} is "
+                            f"{scene!r:.60}")
+        check_observations(scene, where, dim if width is None else width)
+        width = len(scene[0])
+        if len(scene) != len(scenes[0]):
+            raise DataError(f"{at}scene {s} has {len(scene)} observations, scene 0 has {len(scenes[0])}; every "
+                            "scene of a per-scene 'observations' list needs the same number (or write a "
+                            "data_from_json hook that pads and masks)")
+        rows.append(scene)
+    data = {"x": torch.tensor(rows, dtype=dtype)}
+    if cats is not None:
+        if not isinstance(cats, list) or len(cats) != len(scenes):
+            raise DataError(f"{at}'categories' must give one list per scene ({len(scenes)} scenes)")
+        data["o"] = torch.tensor([check_categories(c, len(scenes[0]), f"{source}: scene {s}" if source else
+                                                   f"scene {s}") for s, c in enumerate(cats)], dtype=torch.long)
     return data
 
 

@@ -41,10 +41,13 @@ from torch.distributions.transforms import PowerTransform
 
 from metagen_ppl.engine.distributions import IsotropicNormal
 from metagen_ppl.engine.init import kmeans_plusplus
+from metagen_ppl.errors import DataError
 from metagen_ppl.util import seeded
 
 COMPONENT_SITES = {"locs": 0, "weights": 0}
 LOCATION_SITE = "locs"
+#: Scenes are 3D: the JSON reader requires 3 coordinates per observation (the model itself takes any D).
+DATA_DIM = 3
 
 DEFAULTS = dict(loc_prior_mean=0.0, loc_prior_scale=10.0, weight_concentration=1.0,
                 scale_prior_shape=2.0, scale_prior_rate=1.0)
@@ -93,6 +96,9 @@ def model(data, num_objects, *, weights=None, scale=None, num_obs=None,
         Fixed noise scale; learned (site ``"scale"``) when ``None``.
     """
     x = data.get("x")
+    if x is not None and (not torch.is_tensor(x) or x.dim() != 2):
+        raise DataError(f"data['x'] must be a tensor of shape (N, D) for model 'baseline' (one scene), got shape "
+                        f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
     dtype = x.dtype if x is not None else torch.get_default_dtype()
     n = x.shape[0] if x is not None else int(num_obs)
     K = int(num_objects)

@@ -46,11 +46,12 @@ import numpy as np
 import torch
 
 from metagen_ppl.apps import plots
-from metagen_ppl.engine.align import location_error, permutation_to
+from metagen_ppl.engine.align import permutation_to
 from metagen_ppl.engine.checkpoint import FitInterrupted
-from metagen_ppl.apps.report import (agreement_warnings, column_definitions, diagnose, mcmc_summary, report_html,
-                                     report_markdown, table_markdown, table_row)
+from metagen_ppl.apps.report import (agreement_warnings, column_definitions, diagnose, location_error_vs_truth,
+                                     mcmc_summary, report_html, report_markdown, table_markdown, table_row)
 from metagen_ppl.engine.comparison import ComparisonSetup
+from metagen_ppl.engine.components import model_components
 from metagen_ppl.engine.em import fit_em
 from metagen_ppl.engine.mcmc import fit_mcmc
 from metagen_ppl.engine.registry import load_model, ModelSpec
@@ -113,12 +114,27 @@ def _as_tensor_locs(value, dtype=torch.float64):
         t = torch.as_tensor(value, dtype=dtype)
     except (TypeError, ValueError):
         return None
-    return t if t.dim() == 2 else None
+    return t if t.dim() >= 2 else None
+
+
+def _components(spec, data, k, options):
+    """The model's per-object structure on the data (``None`` if the model cannot be traced alone: its
+    methods then report the error); a DataError (e.g. K above the observations in the plates) propagates."""
+    try:
+        return model_components(spec, data, k, options)
+    except DataError:
+        raise
+    except (MetagenError, RuntimeError, TypeError, ValueError, KeyError, IndexError):
+        return None
 
 
 def default_setup(spec: ModelSpec, obj: dict, *, dtype=torch.float64, num_objects: Optional[int] = None,
                   options: Optional[dict] = None, source: str = "<data>", **_) -> ComparisonSetup:
-    """The set-up of a point model (one scene, observations ``x`` (N, D)).
+    """The set-up of a point model: observations ``x`` (N, D), or in nested plates (``(S, M, D)``: scenes).
+
+    The accuracy columns compare the model's location site (declared, or read from its trace) with the
+    truth's entry of that name (else ``truth["locs"]``), scene by scene for per-scene objects; where a
+    column cannot be computed the report's notes say why.
 
     A model module replaces it by defining ``prepare_comparison(obj, *, seed, dtype,
     num_objects, options, progress, log, source) -> ComparisonSetup``.
@@ -126,19 +142,35 @@ def default_setup(spec: ModelSpec, obj: dict, *, dtype=torch.float64, num_object
 
     data = data_from_json(obj, spec, dtype=dtype, source=source)
     k = num_objects if num_objects is not None else num_objects_from_json(obj, source)
+    truth = obj.get("truth") if isinstance(obj.get("truth"), dict) else None
     if k is None:
-        truth_locs = _as_tensor_locs((obj.get("truth") or {}).get(spec.location_site))
-        k = None if truth_locs is None else int(truth_locs.shape[0])
+        truth_locs = _as_tensor_locs((truth or {}).get(spec.location_site or "locs"))
+        k = None if truth_locs is None else int(truth_locs.shape[-2])
     if k is None:
         raise DataError(f"give --num-objects: {source!r} has no 'num_objects' field and no truth")
     check_data(data)
     check_num_objects(k, data)      # K > N fails here, once, not in every method
     opts = dict(obj.get("options") or {}) if isinstance(obj.get("options"), dict) else {}
     opts.update(options or {})
-    truth = obj.get("truth") if isinstance(obj.get("truth"), dict) else None
-    site = spec.location_site
-    true_locs = _as_tensor_locs(truth.get(site)) if truth and site else None
+    comps = _components(spec, data, k, opts)
+    site = comps.location_site if comps is not None and comps.location_site else spec.location_site
+    key = None if not (truth and site) else (site if site in truth else ("locs" if "locs" in truth else None))
+    true_locs = _as_tensor_locs(truth.get(key)) if key else None
     x = data.get("x")
+    notes = []
+
+    def missing(column: str, why: str) -> None:
+        line = f"No {column} column: {why}."
+        if line not in notes:
+            notes.append(line)
+
+    if truth is not None and key is None:
+        if site:
+            missing("location error", f"the truth has no {site!r} (the model's location site) and no 'locs'; it "
+                    f"has {', '.join(map(repr, sorted(truth))) or 'nothing'}")
+        else:
+            missing("location error", "the model has no location site to compare with the truth (declare "
+                    "LOCATION_SITE)")
 
     strategies = CATEGORY_STRATEGIES if _has_category_sites(spec) else ()
 
@@ -150,24 +182,23 @@ def default_setup(spec: ModelSpec, obj: dict, *, dtype=torch.float64, num_object
 
     def accuracy(res: FitResult) -> dict:
         out = {}
-        if true_locs is None or site not in res.params:
+        if truth is None or key is None:
             return out
-        est = res.params[site].detach().double()
-        if est.shape[-1] != true_locs.shape[-1] or est.dim() != 2:
+        err, why = location_error_vs_truth(res.params, truth, site)
+        if err is None:
+            missing("location error", why)
             return out
-        out["location error"] = location_error(est, true_locs)
-        z_true = truth.get("z")
-        z_post = res.posteriors.get("z")
-        if z_true is not None and z_post is not None and est.shape[0] == true_locs.shape[0]:
-            perm = permutation_to(est, true_locs)  # est[perm[j]] matches true j
-            inv = torch.empty_like(perm)
-            inv[perm] = torch.arange(len(perm))
-            z_hat = inv[z_post.argmax(-1)]
-            out["assignment accuracy"] = float((z_hat == torch.as_tensor(z_true)).double().mean())
-            cats_true, cats_hat = truth.get("cats"), res.params.get("cats")
-            if cats_true is not None and cats_hat is not None:
-                ct = torch.as_tensor(cats_true)
-                out["category accuracy"] = float((torch.as_tensor(cats_hat)[perm] == ct).double().mean())
+        out["location error"] = err
+        acc, why = _assignment_accuracy(res, truth, site, comps, true_locs)
+        if acc is None:
+            if why:
+                missing("assignment accuracy", why)
+            return out
+        out["assignment accuracy"], perm = acc
+        cats_true, cats_hat = truth.get("cats"), res.params.get("cats")
+        if cats_true is not None and cats_hat is not None and perm is not None:
+            ct = torch.as_tensor(cats_true)
+            out["category accuracy"] = float((torch.as_tensor(cats_hat)[perm] == ct).double().mean())
         return out
 
     def scene(res: FitResult):
@@ -175,7 +206,6 @@ def default_setup(spec: ModelSpec, obj: dict, *, dtype=torch.float64, num_object
         return None if v is None or v.dim() != 2 or v.shape[-1] != 3 else v.detach().double().numpy()
 
     plot3d = torch.is_tensor(x) and x.dim() == 2 and x.shape[-1] == 3
-    notes = []
     score_of = {}
     if strategies:
         score_of = {"log_likelihood": "log p(x, o | theta) at the estimate, categories c and assignments z "
@@ -184,13 +214,55 @@ def default_setup(spec: ModelSpec, obj: dict, *, dtype=torch.float64, num_object
         notes.append("Category model: em-mstep and em-sample maximise log p(x, o | theta, c) at their category "
                      "vector c (their own objective, in their fit results); the table scores every method with c "
                      "summed out, so its rows compare.")
+    if comps is not None and comps.note:
+        notes.append(f"Label alignment: {comps.note}.")
+    scene_truth = None
+    if plot3d and true_locs is not None and true_locs.dim() == 2 and true_locs.shape[-1] == 3:
+        scene_truth = true_locs.numpy()
     return ComparisonSetup(
         data=data, num_objects=int(k), options=opts, truth=truth, accuracy=accuracy,
         score=score if strategies else None, score_of=score_of,
         scene=scene if plot3d else None,
         scene_observations=x.detach().double().numpy() if plot3d else None,
-        scene_truth=true_locs.numpy() if (plot3d and true_locs is not None and true_locs.shape[-1] == 3) else None,
+        scene_truth=scene_truth,
+        assignment_site=(comps.assignment_site if comps is not None and comps.assignment_site else "z"),
         category_strategies=strategies, notes=notes)
+
+
+def _assignment_accuracy(res: FitResult, truth: dict, site: str, comps, true_locs) -> tuple:
+    """``((accuracy, permutation or None), None)`` or ``(None, why)``: the share of observations whose most
+    probable object is their true one, after matching estimated to true objects (per scene)."""
+    assign = comps.assignment_site if comps is not None and comps.assignment_site else "z"
+    z_true, z_post = truth.get("z"), (res.posteriors or {}).get(assign)
+    if z_true is None or z_post is None:
+        return None, None
+    est = res.params[site].detach().double()
+    L = est.shape[-2]
+    if true_locs is None or tuple(true_locs.shape[:-2]) != tuple(est.shape[:-2]) or true_locs.shape[-2] != L:
+        return None, "it needs as many true objects as estimated ones (per scene)"
+    if z_post.shape[-1] != L:
+        return None, (f"the assignment site {assign!r} has {z_post.shape[-1]} values for {L} objects (a clutter "
+                      "or other component besides the objects)")
+    try:
+        zt = torch.as_tensor(z_true).long()
+    except (TypeError, ValueError):
+        return None, "truth['z'] is not a list of integers"
+    if tuple(zt.shape) != tuple(z_post.shape[:-1]):
+        return None, (f"truth['z'] has shape {tuple(zt.shape)} but the posterior of {assign!r} covers "
+                      f"{tuple(z_post.shape[:-1])} observations")
+    batch = tuple(est.shape[:-2])
+    e, t = est.reshape(-1, L, est.shape[-1]), true_locs.reshape(-1, L, est.shape[-1])
+    hits, total, perm = 0.0, 0, None
+    zp = z_post.reshape(len(e), -1, L) if batch else z_post.reshape(1, -1, L)
+    zt = zt.reshape(len(e), -1)
+    for b in range(len(e)):
+        perm = permutation_to(e[b], t[b])  # est[perm[j]] matches true j
+        inv = torch.empty_like(perm)
+        inv[perm] = torch.arange(len(perm))
+        z_hat = inv[zp[b].argmax(-1)]
+        hits += float((z_hat == zt[b]).double().sum())
+        total += zt[b].numel()
+    return ((hits / max(total, 1), perm if not batch else None), None)
 
 
 def _has_category_sites(spec: ModelSpec) -> bool:

@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from metagen_ppl.engine.align import truth_location_error
 from metagen_ppl.engine.result import FitResult
 from metagen_ppl.engine.svi import loss_flattened
 
@@ -26,6 +27,33 @@ from metagen_ppl.engine.svi import loss_flattened
 RHAT_MAX = 1.01
 #: arviz's guidance: bulk and tail ESS of at least 100 per chain.
 ESS_MIN_PER_CHAIN = 100
+
+
+def location_error_vs_truth(params: dict, truth, location_site) -> tuple:
+    """``(error, note)``: the location error of an estimate against a data file's ``truth``.
+
+    The true locations are ``truth[location_site]``, else ``truth["locs"]`` (the exchange format's
+    key, e.g. data simulated by another model; ``note`` then says so); per-scene estimates
+    ``(S, K, D)`` are matched scene by scene against per-scene truth. ``error`` is ``None`` with
+    ``note`` saying why the error cannot be computed (``(None, None)`` without a truth).
+    """
+    if not isinstance(truth, dict):
+        return None, None
+    if not location_site:
+        return None, ("the model declares no location site (LOCATION_SITE), so estimates cannot be matched to "
+                      "the true locations")
+    est = (params or {}).get(location_site)
+    if est is None:
+        return None, f"the estimate has no site {location_site!r} (the model's location site)"
+    key = location_site if location_site in truth else ("locs" if "locs" in truth else None)
+    if key is None:
+        return None, (f"the truth has no {location_site!r} (the model's location site); it has "
+                      f"{', '.join(map(repr, sorted(truth))) or 'nothing'}: name the true locations {location_site!r}")
+    err, reason = truth_location_error(est, truth[key])
+    if err is None:
+        return None, f"truth[{key!r}] does not fit the estimate {location_site!r}: {reason}"
+    return err, (None if key == location_site else
+                 f"against truth['locs']; the model's location site is {location_site!r}")
 
 
 def mcmc_summary(res: FitResult) -> dict:

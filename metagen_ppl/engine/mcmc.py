@@ -4,7 +4,12 @@ Pyro's NUTS marginalises parallel-enumerated sites exactly in its potential
 energy, so the sampler sees only ``locs``, ``weights``, ``scale`` (and the like).
 Chains run one after another (2-core machines; deterministic), each from its
 own k-means++-style start. Draws are label-aligned by Hungarian matching
-before summaries, R-hat and ESS.
+before summaries, R-hat and ESS: the per-object sites are the model's
+``COMPONENT_SITES``, else read from its trace
+(:mod:`metagen_ppl.engine.components`; per-scene objects are aligned per scene,
+a clutter weight stays in place). Their shapes are checked before any sampling;
+where the labels cannot be aligned a RuntimeWarning says what to declare and the
+draws are left as sampled.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pyro.infer import MCMC, NUTS, config_enumerate
 from pyro.infer.autoguide import init_to_value
 
 from metagen_ppl.engine.align import align_samples
+from metagen_ppl.engine.components import component_structure
 from metagen_ppl.engine.em import LIKELIHOOD_OF
 from metagen_ppl.engine.setup import bind, initial_values
 from metagen_ppl.errors import MetagenError, ModelError
@@ -60,7 +66,8 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
 
     Returns
     -------
-    FitResult with ``samples`` ``(chains, draws, ...)`` (label-aligned), ``params`` the
+    FitResult with ``samples`` ``(chains, draws, ...)`` (label-aligned; ``info["label_alignment"]`` says
+    how, ``info["label_switched_draws"]`` how many draws were relabelled: 0 when none could be), ``params`` the
     posterior mean, ``trace`` the log joint of every draw, ``converged`` = max R-hat <= 1.01.
     """
     if num_samples < 1 or warmup_steps < 0 or num_chains < 1:
@@ -80,10 +87,20 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
         raise ModelError(f"NUTS needs every continuous unknown to be a pyro.sample site with a prior; "
                          f"the model has pyro.param sites {em.param_latents}")
     enum_model = config_enumerate(spec.model, default="parallel")
+    starts = [initial_values(spec, em, torch.Generator().manual_seed(int(seed) * 1_000_003 + c), dtype,
+                             init if (c == 0 or init_chains == "all") else None) for c in range(num_chains)]
+    # which sites to align, checked before any sampling
+    comps = component_structure(spec, em)
+    alignment = comps.alignment() if num_objects > 1 else None
+    if comps.note:
+        warnings.warn(f"MCMC: {comps.note}", RuntimeWarning, stacklevel=2)
+    if comps.problem and num_objects > 1:
+        warnings.warn(f"MCMC: the labels of the draws cannot be aligned, so they are left as sampled (posterior "
+                      f"means and R-hat of per-object sites mix objects): {comps.problem}", RuntimeWarning,
+                      stacklevel=2)
     chains, divergences = [], []
     for c in range(num_chains):
-        start = initial_values(spec, em, torch.Generator().manual_seed(int(seed) * 1_000_003 + c), dtype,
-                               init if (c == 0 or init_chains == "all") else None)
+        start = starts[c]
         kernel = NUTS(enum_model, max_plate_nesting=em.max_plate_nesting, target_accept_prob=target_accept_prob,
                       max_tree_depth=max_tree_depth, init_strategy=init_to_value(values=start),
                       jit_compile=jit_compile, ignore_jit_warnings=True)
@@ -100,7 +117,9 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
         # the sampler's own record (mcmc.diagnostics() also computes R-hat, which needs >= 4 draws)
         divergences.append(sum(len(d.get("divergences", ())) for d in getattr(mcmc, "_diagnostics", [{}])))
     samples = {k: torch.stack([ch[k] for ch in chains]) for k in chains[0]}
-    samples, n_switched = align_samples(samples, spec.component_sites, spec.location_site)
+    n_switched = 0
+    if alignment is not None:
+        samples, n_switched = align_samples(samples, **alignment)
     params = {k: v.mean(dim=(0, 1)) for k, v in samples.items()}
     est = em.estep(params)
     # Per-draw log joint and pointwise log likelihood; assignment posteriors averaged over a subset.
@@ -133,7 +152,8 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
     if sum(divergences):
         warnings.warn(f"NUTS had {sum(divergences)} divergent transitions; raise target_accept_prob "
                       "or check the model's scales", RuntimeWarning, stacklevel=2)
-    for msg in degeneracy_warnings(em.data, em.data_site, params, spec.location_site, num_objects):
+    for msg in degeneracy_warnings(em.data, em.data_site, params, comps.location_site or spec.location_site,
+                                   num_objects):
         warnings.warn("MCMC: " + msg, RuntimeWarning, stacklevel=2)
     return FitResult(
         model=spec.name, method="mcmc", params=params,
@@ -147,6 +167,7 @@ def fit_mcmc(model, data: dict, num_objects: int, *, num_samples: int = 300, war
               "num_chains": num_chains,
               "num_samples": num_samples, "warmup_steps": warmup_steps,
               "divergences": divergences, "label_switched_draws": n_switched, "max_rhat": rhat,
+              "label_alignment": comps.describe(),
               "log_joint_draws": log_joint_draws.tolist()},
     )
 

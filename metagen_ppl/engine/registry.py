@@ -43,11 +43,21 @@ and optionally
     ``compare``'s default simulation sizes, budget defaults, and the EM category
     strategies to run (models with per-object category sites);
 ``COMPONENT_SITES``
-    ``{site: dim}``: sites indexed by object along ``dim`` (used to align
-    labels across MCMC draws and to match estimates to the truth);
+    ``{site: dim}``: sites indexed by object along ``dim`` of one value (used to
+    align labels across MCMC draws, to start and re-seed objects, to match
+    estimates to the truth). Optional: without it the engine reads them from the
+    model's trace (:mod:`metagen_ppl.engine.components`: the unknowns with a
+    dimension whose entries each select one value of the assignment site, e.g.
+    ``(K, D)`` locations, ``(K,)`` scales, ``(K + 1,)`` weights with a clutter
+    weight, ``(S, K, D)`` per-scene locations). ``{}`` declares that there is no
+    label switching to undo;
 ``LOCATION_SITE``
-    the name of the ``(K, D)`` site holding object locations (default
-    ``"locs"``).
+    the name of the ``(..., K, D)`` site holding object locations (default
+    ``"locs"``, else the real-valued per-object site that an observed site of
+    ``D`` coordinates depends on); ``None``: the model has none;
+``DATA_DIM``
+    the number of coordinates per observation the JSON reader requires
+    (``metagen_ppl.io.data_from_json``); absent: any, as long as every row has the same.
 
 A model with an unknown number of objects per scene adds its structure moves
 by implementing :class:`metagen_ppl.engine.structure.StructureSearch` (the
@@ -91,6 +101,11 @@ class ModelSpec:
     component_sites: dict = field(default_factory=dict)
     location_site: str = "locs"
     default_options: dict = field(default_factory=dict)
+    #: whether the module defines ``COMPONENT_SITES`` / ``LOCATION_SITE`` (else they are read from the trace)
+    component_sites_declared: bool = False
+    location_site_declared: bool = False
+    #: coordinates per observation of the JSON reader (``DATA_DIM``; ``None``: any)
+    data_dim: Optional[int] = None
 
 
 #: Entry-point group of the registered (built-in and third-party) models.
@@ -125,9 +140,12 @@ def _spec_from_module(name: str, module: ModuleType) -> ModelSpec:
         discrete_update=getattr(module, "discrete_update", None),
         reseed_empty=getattr(module, "reseed_empty", None),
         data_from_json=getattr(module, "data_from_json", None),
-        component_sites=dict(getattr(module, "COMPONENT_SITES", {})),
+        component_sites=dict(getattr(module, "COMPONENT_SITES", None) or {}),
         location_site=getattr(module, "LOCATION_SITE", "locs"),
         default_options=dict(getattr(module, "DEFAULT_OPTIONS", None) or {}),
+        component_sites_declared=hasattr(module, "COMPONENT_SITES"),
+        location_site_declared=hasattr(module, "LOCATION_SITE"),
+        data_dim=getattr(module, "DATA_DIM", None),
     )
 
 

@@ -11,12 +11,23 @@ from metagen_ppl.errors import DataError
 
 
 def check_data(data: dict) -> None:
-    """Validate a model's data dict: tensors, finite values, ``x`` of shape (N, D)."""
+    """Validate a model's data dict: tensors, finite values; ``x`` a floating tensor of observations
+    ``(N, D)``, or ``(..., N, D)`` in nested plates (e.g. ``(S, M, D)``: ``S`` scenes of ``M``).
+
+    The observations are counted in the plates of the model's observed site, whatever its data key,
+    once the model is traced (:func:`metagen_ppl.engine.components.component_structure`); each
+    model checks the layout it needs (the baseline: exactly ``(N, D)``)."""
     if not isinstance(data, dict) or not data:
         raise DataError("data must be a non-empty dict of tensors, e.g. {'x': tensor of shape (N, 3)}")
     for key, value in data.items():
         if not torch.is_tensor(value):
             continue
+        if value.is_floating_point() and value.dim() >= 2 and value.numel() == 0:  # (N, D) under any key
+            if value.shape[-1] == 0 and all(n > 0 for n in value.shape[:-1]):
+                raise DataError(f"data[{key!r}] has rows of no coordinates (shape {tuple(value.shape)}); expected "
+                                "(N, D), D >= 1")
+            raise DataError(f"data[{key!r}] has no observations (N = 0, shape {tuple(value.shape)}); a scene "
+                            "needs at least one detection")
         if value.is_floating_point() and not torch.isfinite(value).all():
             bad = (~torch.isfinite(value)).nonzero()[0].tolist()
             raise DataError(f"data[{key!r}] contains NaN or inf (first at index {bad}); "
@@ -31,27 +42,32 @@ def check_data(data: dict) -> None:
                                 f"rescale the data (e.g. divide by its standard deviation){hint}")
     x = data.get("x")
     if x is not None:
-        if not torch.is_tensor(x) or x.dim() != 2:
-            raise DataError(f"data['x'] must be a tensor of shape (N, D), got shape "
-                            f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
-        if x.shape[0] == 0:
-            raise DataError("data['x'] has no observations (N = 0); a scene needs at least one detection")
+        if not torch.is_tensor(x) or x.dim() < 1:
+            raise DataError(f"data['x'] must be a tensor of shape (N, D) (or (..., N, D) in nested plates), got "
+                            f"{'shape ' + str(tuple(x.shape)) if torch.is_tensor(x) else type(x).__name__}")
+        if x.numel() == 0:
+            raise DataError(f"data['x'] has no observations (N = 0, shape {tuple(x.shape)}); a scene needs at least "
+                            "one detection")
         if not x.is_floating_point():
             raise DataError("data['x'] must be a floating-point tensor")
-        if x.shape[1] == 0:
-            raise DataError("data['x'] has rows of no coordinates (shape (N, 0)); expected (N, D), D >= 1")
+
+
+def num_observations(x) -> int:
+    """Observations in a data tensor ``x``: ``N`` of ``(N, D)``, ``S * M`` of ``(S, M, D)``, ``N`` of ``(N,)``."""
+    return int(x.shape[0]) if x.dim() <= 2 else math.prod(x.shape[:-1])
 
 
 def check_num_objects(num_objects, data: dict) -> None:
-    """``1 <= K <= N``."""
+    """``1 <= K <= N`` (``N`` of ``data["x"]``, :func:`num_observations`; the observed site's plates are
+    checked again once the model is traced, whatever the data key)."""
     if isinstance(num_objects, bool) or not isinstance(num_objects, numbers.Integral):
         raise DataError(f"num_objects must be an integer, got {num_objects!r}")
     if num_objects < 1:
         raise DataError(f"num_objects must be at least 1, got {num_objects}")
     x = data.get("x")
-    if torch.is_tensor(x) and num_objects > x.shape[0]:
+    if torch.is_tensor(x) and x.dim() >= 1 and num_objects > num_observations(x):
         raise DataError(f"num_objects = {num_objects} exceeds the number of observations "
-                        f"N = {x.shape[0]}; use K <= N")
+                        f"N = {num_observations(x)}; use K <= N")
 
 
 #: Model options (keyword arguments of the built-in models) that must be finite numbers > 0.

@@ -9,13 +9,14 @@ import torch
 from metagen_ppl.apps.cli.common import (EXIT_OK, Formatter, check_model_options, parse_options, prepare_output,
                                          report_created,
                                          progress_enabled, say, seed_argument)
-from metagen_ppl.engine.align import location_error
+from metagen_ppl.apps.report import location_error_vs_truth
+from metagen_ppl.engine.components import model_components
 from metagen_ppl.engine.em import fit_em
 from metagen_ppl.engine.mcmc import fit_mcmc
 from metagen_ppl.engine.registry import load_model
 from metagen_ppl.engine.svi import fit_svi
-from metagen_ppl.engine.validate import check_options
-from metagen_ppl.errors import DataError, ModelError
+from metagen_ppl.engine.validate import check_options, num_observations
+from metagen_ppl.errors import DataError, MetagenError, ModelError
 from metagen_ppl.io import data_from_json, load_json, num_objects_from_json
 from metagen_ppl.models.categorical import strategies as categories
 from metagen_ppl.util import auto_threads
@@ -30,18 +31,17 @@ MULTI_SCENE = {
 }
 
 
-def _location_error(result, truth, location_site):
-    """Location error of a result against a ``truth`` dict, or ``None`` if either lacks locations."""
-    if not isinstance(truth, dict) or location_site not in truth or location_site not in result.params:
-        return None
-    est = result.params[location_site].detach().double()
+def _structure(spec, data, k, options):
+    """The model's per-object structure on this data (its observed site's plates, its location site), or
+    ``None`` where the model cannot be traced alone (e.g. it needs options the categorical strategies add)."""
     try:
-        true = torch.as_tensor(truth[location_site], dtype=torch.float64)
-    except (TypeError, ValueError):
+        return model_components(spec, data, k, options)
+    except (MetagenError, RuntimeError, TypeError, ValueError, KeyError, IndexError):
         return None
-    if true.dim() != 2 or true.shape[-1] != est.shape[-1]:
-        return None
-    return float(location_error(est, true))
+
+
+def _num_inits(args, default: int) -> int:
+    return default if args.num_inits is None else args.num_inits
 
 
 def _check_fit_args(args) -> None:
@@ -75,8 +75,8 @@ def run(args) -> int:
     if k < 1:
         raise DataError(f"{origin} must be at least 1, got {k}")
     x = data.get("x")
-    if torch.is_tensor(x) and x.dim() >= 1 and k > x.shape[0]:
-        raise DataError(f"{origin} = {k} exceeds the {x.shape[0]} observations of {args.data}; "
+    if torch.is_tensor(x) and x.dim() >= 1 and k > num_observations(x):
+        raise DataError(f"{origin} = {k} exceeds the {num_observations(x)} observations of {args.data}; "
                         "use K <= N")
     check_options(options, k, where="--option")
     if args.threads == "auto":  # large data sets make even the point models a batched workload
@@ -87,32 +87,41 @@ def run(args) -> int:
     if args.categories is not None or spec.name == "categorical":
         result = _fit_categorical(args, spec, data, k, method, progress, options)
     elif method == "em":
-        result = fit_em(spec, data, k, seed=args.seed, num_inits=args.num_inits, mstep=args.mstep,
+        result = fit_em(spec, data, k, seed=args.seed, num_inits=_num_inits(args, 3), mstep=args.mstep,
                         optimizer=args.optimizer, tol=args.tol, max_iter=args.max_iter,
                         progress=progress, options=options)
     elif method in ("svi-map", "svi-normal"):
         result = fit_svi(spec, data, k, guide="normal" if method == "svi-normal" else "delta",
-                         num_steps=args.num_steps, lr=args.lr, seed=args.seed, progress=progress,
-                         options=options)
+                         num_steps=args.num_steps, lr=args.lr, seed=args.seed, num_inits=_num_inits(args, 1),
+                         progress=progress, options=options)
     else:
         result = fit_mcmc(spec, data, k, num_samples=args.num_samples, warmup_steps=args.warmup,
                           num_chains=args.num_chains, seed=args.seed, max_tree_depth=args.max_tree_depth,
                           jit_compile=args.jit,
                           target_accept_prob=args.target_accept, progress=progress, options=options)
-    err = _location_error(result, obj.get("truth") if isinstance(obj, dict) else None, spec.location_site)
+    comps = _structure(spec, data, k, options)
+    site = comps.location_site if comps is not None and comps.location_site else spec.location_site
+    err, why = location_error_vs_truth(result.params, obj.get("truth") if isinstance(obj, dict) else None, site)
     if err is not None:
         result.info["location_error_vs_truth"] = err
+    elif why:
+        result.info["location_error_missing"] = why
     if args.out:
         result.to_json(args.out)
-    n = next((v.shape[0] for v in data.values() if hasattr(v, "shape") and len(v.shape) > 0), "?")
+    if comps is not None and comps.num_observations is not None:
+        n = comps.describe_observations()
+    else:
+        n = next((num_observations(v) for v in data.values() if torch.is_tensor(v) and v.dim() > 0), "?")
     line = (f"{result.method} {result.model} K={k} N={n}: log_likelihood={result.log_likelihood:.6g} "
             f"[{result.info.get('log_likelihood_of', 'log p(data|theta)')}] "
             f"n_iter={result.n_iter} converged={result.converged} wall={result.wall_time_s:.2f}s")
     if err is not None:
-        line += f" location_error={err:.4g}"
+        line += f" location_error={err:.4g}" + (f" ({why})" if why else "")
     if args.out:
         line += f" -> {args.out}"
     say(line)
+    if err is None and why:
+        say(f"no location error: {why}")
     report_created(created)
     return EXIT_OK
 
@@ -123,12 +132,13 @@ def _fit_categorical(args, spec, data, k, method, progress, options):
         return categories.fit_categorical(
             data, k, strategy=args.categories or "mstep", model=spec,
             num_category_samples=args.num_category_samples, proposal=args.proposal, seed=args.seed,
-            num_inits=args.num_inits, mstep=args.mstep, optimizer=args.optimizer, tol=args.tol,
+            num_inits=_num_inits(args, 3), mstep=args.mstep, optimizer=args.optimizer, tol=args.tol,
             max_iter=args.max_iter, progress=progress, options=options)
     if method in ("svi-map", "svi-normal"):
         return categories.fit_categorical_svi(
             data, k, model=spec, guide="normal" if method == "svi-normal" else "delta",
-            num_steps=args.num_steps, lr=args.lr, seed=args.seed, progress=progress, options=options)
+            num_steps=args.num_steps, lr=args.lr, seed=args.seed, num_inits=_num_inits(args, 1), progress=progress,
+            options=options)
     return categories.fit_categorical_mcmc(
         data, k, model=spec, num_samples=args.num_samples, warmup_steps=args.warmup,
         num_chains=args.num_chains, seed=args.seed, max_tree_depth=args.max_tree_depth,
@@ -152,7 +162,8 @@ def add_parser(sub, parents: dict):
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="floating-point precision of the fit; the data file is read in it")
     g = p.add_argument_group("EM options")
-    g.add_argument("--num-inits", type=int, default=3, help="EM restarts (best kept)")
+    g.add_argument("--num-inits", type=int, default=None,
+                   help="restarts, the best kept: EM (default 3) and SVI (default 1; the best final ELBO)")
     g.add_argument("--max-iter", type=int, default=200, help="EM iteration limit")
     g.add_argument("--tol", type=float, default=1e-6, help="EM relative tolerance on the log joint")
     g.add_argument("--mstep", choices=("auto", "closed", "optimizer"), default="auto",

@@ -334,6 +334,10 @@ def plot_mcmc_diagnostics(prefix, mcmc_result, point_results=(), var_names=None,
 
     # point estimates, one row per entry
     model_cs, model_loc = component_sites, location_site
+    used = (mcmc_result.info or {}).get("label_alignment") or {}   # the sites the draws were aligned by
+    if align and used.get("component_sites") and used.get("location_site") and not used.get("batch_shape"):
+        model_cs = dict(used["component_sites"]) if model_cs is None else model_cs
+        model_loc = used["location_site"] if model_loc is None else model_loc
     if align and (model_cs is None or model_loc is None):
         try:
             spec = load_model(mcmc_result.model)
