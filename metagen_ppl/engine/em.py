@@ -14,6 +14,23 @@ until ``|L_t - L_{t-1}| <= tol * max(|L_t|, 1)`` (:func:`has_converged`, the
 one convergence test) with no discrete parameter changed. :func:`fit_em` runs
 it from ``num_inits`` starts and keeps the best (the restart driver).
 
+Stalls are not convergence. When the M-step's optimiser makes no progress it
+keeps the old point (a GEM step), so the log joint changes by exactly 0 and the
+test above passes although the point need not be stationary. The M-step reports
+such a step (:meth:`EMSteps.mstep_stalled`: kept the old point where the gradient
+of Q, which there equals the gradient of the log joint, is not zero); a run that
+stops on it is *stalled* (``EMRun.stalled``, ``info["stalled"]``), not converged,
+and :func:`fit_em` warns.
+
+Weights under Dirichlet priors of concentration < 1 (see
+:mod:`metagen_ppl.engine.mstep`): the posterior density is unbounded at the
+simplex boundary, so EM returns the interior local mode (closed form
+``w_k ∝ N_k + a - 1``) and, when a component's expected count falls to
+``N_k <= 1 - a`` so that no interior mode exists, the run stops with a
+:class:`~metagen_ppl.engine.mstep.NoInteriorModeError` naming the site, the
+concentration and the fix. :func:`fit_em` drops such a restart (and raises the
+error if every restart ends so); no restart can end at a boundary or +inf value.
+
 Hooks. An :class:`EMSteps` object is the set of hooks of one fit. The default,
 :class:`ModelSteps`, is built from a model module's optional hooks (protocol:
 :mod:`metagen_ppl.engine.registry`):
@@ -59,8 +76,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from metagen_ppl.engine.components import component_structure, default_reseed, empty_components, empty_message
 from metagen_ppl.engine.enumeration import EnumeratedModel, EStep
-from metagen_ppl.engine.mstep import optimizer_mstep
+from metagen_ppl.engine.mstep import NoInteriorModeError, check_interior_mode, optimizer_mstep
 from metagen_ppl.engine.registry import ModelSpec, load_model
 from metagen_ppl.engine.result import FitResult
 from metagen_ppl.engine.setup import bind, initial_values
@@ -69,8 +87,11 @@ from metagen_ppl.errors import MetagenError, ModelError
 from metagen_ppl.util import check_seed, progress_bar
 
 MSTEPS = ("auto", "closed", "optimizer")
-#: What ``FitResult.log_likelihood`` is (``info["log_likelihood_of"]``): the observed sites' log probability
-#: at the estimate with every discrete site summed out (a method that fixes some discrete sites says so).
+#: What ``FitResult.log_likelihood`` is (``info["log_likelihood_of"]``): log p(observed | theta), the log
+#: probability of *every* observed site (the data x, and also e.g. an observed category o, a Poisson count
+#: of detections, a pyro.factor) at the estimate theta, with every discrete latent site summed out (a
+#: method that fixes some discrete sites says so). ``info["log_likelihood_by_site"]`` splits it by site.
+#: "data" in the label means all observed sites, not only x.
 LIKELIHOOD_OF = "log p(data|theta)"
 
 
@@ -93,6 +114,12 @@ class EMRun:
         The log joint before the first M-step, then after every iteration.
     n_iter : int
     converged : bool
+        The convergence test passed after an M-step that did not stall.
+    stalled : int or None
+        The iteration at which the run stopped because the M-step made no progress at a
+        non-stationary point (the log joint did not change, but not because EM converged).
+    mstep_rejected : list of int
+        Iterations whose optimiser M-step kept the old point (stalled or already stationary).
     """
 
     values: dict
@@ -100,6 +127,8 @@ class EMRun:
     trace: list
     n_iter: int
     converged: bool
+    stalled: Optional[int] = None
+    mstep_rejected: list = dataclasses.field(default_factory=list)
 
 
 class EMSteps:
@@ -119,6 +148,15 @@ class EMSteps:
     def after_estep(self, values: dict, est: EStep, iteration: int) -> tuple:
         """``(values, est, moved)`` after each E-step; ``moved``: the hook changed the parameters."""
         return values, est, False
+
+    def mstep_stalled(self) -> bool:
+        """Whether the last :meth:`mstep` stopped short: it kept (part of) the old point although
+        the objective's gradient there is not zero (its optimiser made no progress). Default False."""
+        return False
+
+    def mstep_rejected(self) -> bool:
+        """Whether the last :meth:`mstep`'s optimiser kept the old point (stalled or stationary)."""
+        return False
 
 
 def run_em(steps: EMSteps, values: dict, *, tol: Optional[float], max_iter: int, est: Optional[EStep] = None,
@@ -144,9 +182,11 @@ def run_em(steps: EMSteps, values: dict, *, tol: Optional[float], max_iter: int,
     values = steps.start(dict(values))
     est = steps.estep(values) if est is None else est
     trace = [est.log_joint]
-    converged, n_iter = False, 0
+    converged, n_iter, stalled, rejected = False, 0, None, []
     for it in range(1, max_iter + 1):
         values, changed = steps.mstep(values, est, it)
+        if steps.mstep_rejected():
+            rejected.append(it)
         previous = est.log_joint
         est = steps.estep(values)
         values, est, moved = steps.after_estep(values, est, it)
@@ -158,9 +198,15 @@ def run_em(steps: EMSteps, values: dict, *, tol: Optional[float], max_iter: int,
             progress.update(1)
             progress.set_postfix(log_joint=f"{est.log_joint:.4g}")
         if not changed and not moved and has_converged(previous, est.log_joint, tol):
-            converged = True
+            # a step that kept the old point at a non-stationary point leaves L unchanged without
+            # EM having converged; the next (deterministic) step would stall again: stop either way
+            if steps.mstep_stalled():
+                stalled = it
+            else:
+                converged = True
             break
-    return EMRun(values=values, estep=est, trace=trace, n_iter=n_iter, converged=converged)
+    return EMRun(values=values, estep=est, trace=trace, n_iter=n_iter, converged=converged, stalled=stalled,
+                 mstep_rejected=rejected)
 
 
 def _takes(fn, name: str) -> bool:
@@ -184,7 +230,8 @@ class ModelSteps(EMSteps):
     optimizer, optimizer_steps :
         Of the generic M-step.
     empty : {"reinit", "keep"}, empty_threshold : float
-        Re-seeding of empty components through the model's ``reseed_empty`` hook.
+        Re-seeding of empty components through the model's ``reseed_empty`` hook (else the
+        engine's :func:`~metagen_ppl.engine.components.default_reseed`).
     fast_estep : bool
         Use the model's ``estep`` hook where it has one (``False``: always Pyro enumeration).
     """
@@ -201,10 +248,12 @@ class ModelSteps(EMSteps):
         if em.discrete and self.discrete_update is None:
             raise ModelError(f"model {spec.name!r} has discrete parameters {list(em.discrete)} but no "
                              "discrete_update hook to update them; sum them out (drop discrete=) or add the hook")
-        self.reseed = spec.reseed_empty if empty == "reinit" else None
+        # the model's hook, else the engine's generic one (engine.components.default_reseed)
+        self.reseed = (spec.reseed_empty or default_reseed(spec, em)) if empty == "reinit" else None
         self.optimizer, self.optimizer_steps = optimizer, optimizer_steps
         self.empty_threshold = empty_threshold
         self.q_trace, self.reinitialised, self.reinit_rejected, self._offered = [], [], [], set()
+        self._mstep_record: dict = {}
 
     # ------------------------------------------------------------------ hooks
     def start(self, values):
@@ -223,6 +272,11 @@ class ModelSteps(EMSteps):
     def mstep(self, values, est, iteration):
         em = self.em
         rest = list(em.latents)
+        self._mstep_record = {}
+        if em.boundary_priors:
+            # a weight under a Dirichlet of concentration < 1: stop where no interior mode exists
+            # (before a closed form clamps a weight to 0 or the optimiser walks to the +inf boundary)
+            check_interior_mode(em, values, est if est.weights else em.estep(values))
         if self.closed is not None:
             extra = {"estep": est} if self.closed_takes_estep else {}
             upd = self.closed(em.data, est.marginals, values, em.num_objects, **extra, **em.options)
@@ -239,10 +293,17 @@ class ModelSteps(EMSteps):
                 # a model's own E-step has no weights for Q: the engine's E-step at the values so far
                 # (after the closed forms; an extra E-step inside the M-step keeps EM monotone)
                 est = em.estep(values)
-            values = optimizer_mstep(em, values, est, rest, optimizer=self.optimizer, steps=self.optimizer_steps)
+            values = optimizer_mstep(em, values, est, rest, optimizer=self.optimizer, steps=self.optimizer_steps,
+                                     record=self._mstep_record, check_boundary=False)  # checked above
             with torch.no_grad():
                 self.q_trace.append(float(em.q_value(values, est)))
         return values, bool(changed)
+
+    def mstep_stalled(self):
+        return bool(self._mstep_record.get("stalled", False))
+
+    def mstep_rejected(self):
+        return not self._mstep_record.get("accepted", True)
 
     def after_estep(self, values, est, iteration):
         if self.reseed is None:
@@ -349,7 +410,11 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
         only if it does not lower the log joint, so the trace never decreases.
         A refused move leaves the component empty (weight ~ 0: it is in effect
         dropped, though ``K`` stays). ``"keep"`` never re-seeds. Models without
-        the hook keep empty components either way.
+        the hook get the engine's generic re-seeding
+        (:func:`~metagen_ppl.engine.components.default_reseed`: the component moves onto
+        the observation explained worst, in its scene for per-scene objects). With
+        ``"reinit"`` a component still empty at the end is warned about; either way
+        ``info["empty_components"]`` lists them.
     empty_threshold : float
         Relative threshold on ``N_k`` for a component to count as empty.
     options : dict, optional
@@ -363,7 +428,23 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
         the final objective of every restart; ``info["reinitialised"]`` and
         ``info["reinit_rejected"]`` the ``(iteration, component)`` pairs of
         accepted and refused re-seeds of the returned run (a RuntimeWarning
-        reports them).
+        reports them). ``info["log_likelihood_by_site"]`` splits
+        ``log_likelihood`` by observed site (see
+        :meth:`~metagen_ppl.engine.enumeration.EnumeratedModel.log_likelihood_by_site`).
+        ``info["stalled"]`` (and, when True, ``info["stalled_iteration"]``): the run
+        stopped because the optimiser M-step made no progress at a non-stationary
+        point (then ``converged`` is False and a RuntimeWarning says what to do);
+        ``info["mstep_rejected"]`` the iterations whose optimiser M-step kept the old
+        point. ``info["restarts_without_mode"]``: ``(restart, message)`` of restarts
+        dropped because a weight under a Dirichlet prior of concentration < 1 lost
+        its interior mode (their ``restart_log_joint`` is NaN; if every restart
+        ends so, that :class:`~metagen_ppl.engine.mstep.NoInteriorModeError` is raised).
+
+    Notes
+    -----
+    Warm start: ``fit_em(..., init=res.params, max_iter=m)`` continues a fit ``res`` (one
+    restart, same options): ``m`` more iterations from ``res.params`` give what ``n + m``
+    iterations would have given (the E-step at the start is recomputed from the values).
     """
     seed = check_seed(seed)
     spec = load_model(model)
@@ -374,21 +455,41 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
     em, num_objects, dtype = bind(spec, data, num_objects, options, dtype, discrete=discrete)
     steps = ModelSteps(spec, em, mstep=mstep, optimizer=optimizer, optimizer_steps=optimizer_steps, empty=empty,
                        empty_threshold=empty_threshold)
-    best, best_info, restart_scores = None, None, []
+    best, best_info, restart_scores, no_mode = None, None, [], []
     with progress_bar(max_iter * num_inits, f"EM {spec.name}", progress) as pbar:
         for r in range(num_inits):
             gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + r)
             start = initial_values(spec, em, gen, dtype, init if (r == 0 or init_restarts == "all") else None)
-            run = run_em(steps, start, tol=tol, max_iter=max_iter, progress=pbar)
+            try:
+                run = run_em(steps, start, tol=tol, max_iter=max_iter, progress=pbar)
+            except NoInteriorModeError as e:  # this start has no interior mode: drop it, keep the others
+                no_mode.append((r, e))
+                restart_scores.append(math.nan)
+                continue
             restart_scores.append(run.estep.log_joint)
-            if best is None or run.estep.log_joint > best.estep.log_joint:
+            # only finite objectives compete (the E-step refuses non-finite ones; belt and braces)
+            if math.isfinite(run.estep.log_joint) and (best is None or run.estep.log_joint > best.estep.log_joint):
                 best, best_info = run, steps.info()
+    if best is None:
+        raise no_mode[0][1]
+    if no_mode:
+        warnings.warn(f"EM: restart(s) {[r for r, _ in no_mode]} of {num_inits} stopped without an interior "
+                      f"mode and were dropped ({no_mode[0][1]})", RuntimeWarning, stacklevel=2)
     _warn_run(best, best_info, max_iter, tol)
     values, est = best.values, best.estep
+    empty_left = _warn_empty(spec, em, est, best_info, empty_threshold, warn=empty == "reinit")
     for msg in degeneracy_warnings(em.data, em.data_site, values, spec.location_site, num_objects):
         warnings.warn("EM: " + msg, RuntimeWarning, stacklevel=2)
     obs = em.data_site
-    pointwise = em.pointwise_log_likelihood(values, obs) if obs else None
+    # the fit is done: what follows only adds diagnostics, and must never lose the result
+    pointwise, by_site = None, {}
+    try:
+        pointwise = em.pointwise_log_likelihood(values, obs) if obs else None
+        by_site = dict(em.log_likelihood_by_site(values))
+    except (MetagenError, RuntimeError) as e:
+        warnings.warn(f"EM: the fit finished, but its per-observation log likelihood could not be computed "
+                      f"({type(e).__name__}: {e}); result.pointwise_log_likelihood is None",
+                      RuntimeWarning, stacklevel=2)
     return FitResult(
         model=spec.name, method="em", params=values,
         log_likelihood=est.log_likelihood, log_joint=est.log_joint,
@@ -402,12 +503,45 @@ def fit_em(model, data: dict, num_objects: int, *, seed: int = 0, num_inits: int
               "restart_log_joint": restart_scores, "q_trace": best_info["q_trace"], "mstep": mstep,
               "log_prior": est.log_prior, "dtype": str(dtype).replace("torch.", ""),
               "empty": empty, "reinitialised": best_info["reinitialised"],
-              "reinit_rejected": best_info["reinit_rejected"]},
+              "reinit_rejected": best_info["reinit_rejected"],
+              "log_likelihood_by_site": by_site,
+              "stalled": best.stalled is not None,
+              **({"stalled_iteration": best.stalled} if best.stalled is not None else {}),
+              "mstep_rejected": list(best.mstep_rejected),
+              "restarts_without_mode": [(r, str(e)) for r, e in no_mode],
+              "empty_components": empty_left},
     )
 
 
+def _warn_empty(spec: ModelSpec, em: EnumeratedModel, est: EStep, info: dict, threshold: float,
+                warn: bool = True) -> list:
+    """Warn about components without observations at the end (those not already reported as kept empty;
+    none with ``empty="keep"``, which asks for them); returns them as ``[batch..., component]`` lists."""
+    if em.num_objects < 2:
+        return []
+    try:
+        comps = component_structure(spec, em)
+    except MetagenError:
+        return []
+    empty = empty_components(comps, est.marginals, threshold)
+    reported = {k for _, k in info.get("reinit_rejected") or []}
+    new = [(b, k) for b, k in empty if (b or ()) != () or k not in reported]
+    if new and warn:
+        warnings.warn(f"EM: {empty_message(comps, new)}; lower num_objects, or raise num_inits (the start: the "
+                      "model's initialize hook, else k-means++ seeds of the observations)", RuntimeWarning,
+                      stacklevel=3)
+    return [list(b) + [k] for b, k in empty]
+
+
 def _warn_run(run: EMRun, info: dict, max_iter: int, tol) -> None:
-    if not run.converged and tol is not None:
+    if run.stalled is not None:
+        warnings.warn(f"EM stalled at iteration {run.stalled}: the M-step's optimiser made no progress "
+                      "(Q did not increase) at a point where the gradient is not zero, so the log joint "
+                      "stopped changing without EM having converged (result.converged is False, "
+                      "result.info['stalled'] is True). Give the optimiser more steps (optimizer_steps), "
+                      "use optimizer='lbfgs' (or mstep='closed' where the model has a closed form), "
+                      "or loosen tol", RuntimeWarning, stacklevel=3)
+    elif not run.converged and tol is not None:
         warnings.warn(f"EM stopped at max_iter={max_iter} before reaching tol={tol}; "
                       "raise max_iter or loosen tol", RuntimeWarning, stacklevel=3)
     events, rejected = info["reinitialised"], info["reinit_rejected"]

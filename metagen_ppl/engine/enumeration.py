@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -116,6 +117,37 @@ def _ordinal(trace, site):
     return frozenset(trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
 
 
+def _raise_not_finite(log_joint: float, factors: dict, costs: dict):
+    """The E-step's error for a log joint of NaN or +-inf, naming the sites that made it."""
+    if log_joint == math.inf:
+        sites = [n for n, c in costs.items() if float(c) == math.inf]
+        sites += [n for n, (_, t) in factors.items() if bool((t == math.inf).any())]
+        raise ModelError(
+            f"the log joint is +inf at the current parameters (from site(s) {sites}): a density is "
+            "unbounded at this value, e.g. a Dirichlet prior of concentration < 1 at a weight of "
+            "exactly 0, or a noise scale of 0; the maximum a posteriori estimate does not exist "
+            "there. Start inside the support, use a prior whose density is bounded (concentration "
+            ">= 1), or fit with SVI (AutoNormal) or MCMC")
+    bad = [n for n, c in costs.items() if not math.isfinite(float(c))]
+    bad += [n for n, (_, t) in factors.items() if not bool(torch.isfinite(t).all())]
+    named = f" (from site(s) {bad})" if bad else ""
+    raise ModelError(f"the log evidence is not finite at the current parameters (NaN or -inf){named}: "
+                     "check the data for NaN/inf and the model's supports, and that no parameter sits "
+                     "on the boundary of its support (a probability of exactly 0)")
+
+
+#: wrappers that keep the base distribution's support and density shape (not transforms)
+_WRAPPERS = (torch.distributions.Independent, pyro.distributions.MaskedDistribution,
+             pyro.distributions.ExpandedDistribution)
+
+
+def _unwrap(fn):
+    """The distribution under ``Independent`` / masking / expansion wrappers (``to_event``, ``mask``, ``expand``)."""
+    while isinstance(fn, _WRAPPERS):
+        fn = fn.base_dist
+    return fn
+
+
 class EnumeratedModel:
     """A model bound to its data and options, ready for E-steps and Q evaluations.
 
@@ -143,6 +175,9 @@ class EnumeratedModel:
         self.options = dict(options or {})
         self._discrete_names = tuple(discrete)
         self._keywords = _keyword_arguments(model)
+        #: the floating dtype of the data (the fit's precision; ``None`` if the data hold no floating tensor)
+        self.dtype = next((v.dtype for v in self.data.values() if torch.is_tensor(v) and v.is_floating_point()),
+                          None)
         self._discover()
 
     # ------------------------------------------------------------------ structure
@@ -178,6 +213,10 @@ class EnumeratedModel:
         self.data_site: Optional[str] = None
         self.max_plate_nesting = 0
         self.prior_values: dict = {}
+        self._discrete_prior: dict = {}
+        #: latent sites whose prior density is unbounded at the boundary of their support:
+        #: name -> Dirichlet concentration (broadcastable to the site's shape) with an entry < 1
+        self.boundary_priors: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         for name, site in tr.nodes.items():
             if site["type"] == "param":
                 constraint = site["kwargs"].get("constraint", constraints.real)
@@ -198,8 +237,18 @@ class EnumeratedModel:
                     raise ModelError(f"site {name!r} is continuous; only discrete sites can be discrete "
                                      "parameters of EM")
                 self.discrete[name] = LatentSite(name, "discrete", fn.support, site["value"].shape)
+                self._discrete_prior[name] = site["value"].detach()
                 continue
             if fn.support.is_discrete:
+                base = _unwrap(fn)
+                if not fn.has_enumerate_support and base is not fn and base.has_enumerate_support:
+                    raise ModelError(
+                        f"site {name!r} is a batch of {type(base).__name__} variables declared as one "
+                        "event (.to_event / Independent), i.e. a single joint variable over "
+                        f"{tuple(site['value'].shape)} values, which enumeration cannot sum out; "
+                        "declare the batch with a plate instead: with pyro.plate('data', N): "
+                        f"pyro.sample({name!r}, {type(base).__name__}(...), "
+                        "infer={'enumerate': 'parallel'})")
                 if not fn.has_enumerate_support:
                     raise ModelError(
                         f"site {name!r} is a discrete latent ({type(fn).__name__}) without finite "
@@ -213,6 +262,9 @@ class EnumeratedModel:
             else:
                 self.latents[name] = LatentSite(name, "sample", fn.support, site["value"].shape)
                 self.prior_values[name] = site["value"].detach()
+                base = _unwrap(fn)
+                if isinstance(base, torch.distributions.Dirichlet) and bool((base.concentration < 1).any()):
+                    self.boundary_priors[name] = base.concentration.detach()
         missing = [n for n in self._discrete_names if n not in self.discrete]
         if missing:
             raise ModelError(f"discrete parameters {missing} are not latent sites of the model")
@@ -320,8 +372,7 @@ class EnumeratedModel:
         log_prior = sum((costs[n].detach() for n in self.sample_latents if n in costs), zero)
         log_joint = float(log_z + cost_total)
         if not math.isfinite(log_joint):
-            raise ModelError("the log evidence is not finite at the current parameters "
-                             "(NaN or -inf): check the data for NaN/inf and the model's supports")
+            _raise_not_finite(log_joint, factors, costs)
         marginals = OrderedDict()
         if need_weights:
             for name in self.enum_sites:
@@ -332,6 +383,8 @@ class EnumeratedModel:
     def _trivial_estep(self, tr, costs):
         zero = torch.zeros((), dtype=next(iter(costs.values())).dtype)
         log_joint = float(sum((c.detach() for c in costs.values()), zero))
+        if not math.isfinite(log_joint):
+            _raise_not_finite(log_joint, {}, costs)
         log_prior = float(sum((costs[n].detach() for n in self.sample_latents if n in costs), zero))
         marginals = OrderedDict()
         for name in self.enum_sites:
@@ -464,3 +517,74 @@ class EnumeratedModel:
                     return None  # a cost outside the observation plate: not pointwise
                 ll = ll + packed.unpack(node["packed"]["log_prob"], tr.symbol_to_dim)
             return ll.reshape(-1).detach()
+
+    def log_likelihood_by_site(self, values: dict) -> "OrderedDict[str, float]":
+        """``log p(observed | values)`` split by observed site; the entries sum to the log likelihood.
+
+        An observed site that depends on no enumerated site (a count, a ``pyro.factor``) is its own
+        entry, ``log p(site | values)``. The observed sites that depend on enumerated sites share
+        them, so their log probability does not split: they form one entry keyed by their names
+        joined with ``"+"`` (``"x"`` for the baseline, ``"x+o"`` for the categorical model), the
+        log probability of them all with the discrete sites summed out.
+        """
+        values = {k: v.detach() for k, v in values.items()}
+        with torch.no_grad():
+            tr, factors, costs, sum_dims = self.factors(values)
+            total = float(packed.unpack(self._contract(factors, sum_dims), tr.symbol_to_dim).sum())
+        total += sum(float(c) for n, c in costs.items() if n not in self.sample_latents)
+        out: "OrderedDict[str, float]" = OrderedDict()
+        for name in self.observed_sites:
+            if name in costs:
+                out[name] = float(costs[name])
+        joint = [n for n in self.observed_sites if n in factors]
+        rest = total - sum(out.values())
+        if joint or rest != 0.0:
+            out["+".join(joint or self.enum_sites)] = rest
+        return out
+
+    def check_dtype(self, dtype=None) -> None:
+        """Trace the model once (at its prior draw, in ``dtype``) and check every site computes in ``dtype``.
+
+        A constant made in another precision (``torch.ones(K)`` or ``torch.tensor(1.0)`` without
+        ``dtype=``, float32 by default) makes its site's log probability float32 in a float64 fit:
+        that term silently loses precision, and the contraction of mixed precisions can fail
+        (Pyro's einsum refuses them). Raises :class:`ModelError` naming the site, so the model is
+        fixed before any fitting. A distribution whose *parameters* are in another precision
+        while its log probability is in ``dtype`` (a float32 ``LogNormal(0., 2.)`` in a float64
+        fit: ``log(2.)`` rounded to float32) gets a RuntimeWarning naming the sites: the fit
+        works, to that precision. ``dtype`` defaults to the data's (:attr:`dtype`).
+        """
+        dtype = self.dtype if dtype is None else dtype
+        if dtype is None:
+            return
+        values = {k: v.to(dtype) if v.is_floating_point() else v for k, v in self.prior_values.items()}
+        values.update(self._discrete_prior)
+        with torch.no_grad():
+            tr = self.trace(values, pack=False)
+        lossy = []
+        for name, site in tr.nodes.items():
+            if site["type"] != "sample":
+                continue
+            fn = site["fn"]
+            while isinstance(fn, _WRAPPERS + (torch.distributions.TransformedDistribution,)):
+                fn = fn.base_dist
+            for key in getattr(fn, "arg_constraints", {}):
+                v = fn.__dict__.get(key)  # set attributes only (a lazy property is not computed here)
+                if torch.is_tensor(v) and v.is_floating_point() and v.dtype != dtype:
+                    lossy.append(f"{name}.{key} ({str(v.dtype).replace('torch.', '')})")
+            lp = site["log_prob"]
+            if torch.is_tensor(lp) and lp.is_floating_point() and lp.dtype != dtype:
+                have, want = str(lp.dtype).replace("torch.", ""), str(dtype).replace("torch.", "")
+                raise ModelError(
+                    f"site {name!r} computes its log probability in {have}, but this fit runs in {want} "
+                    f"(the data's precision): a constant in the model is {have} (e.g. torch.ones(K) or "
+                    f"torch.tensor(1.0) made without dtype=). Create the model's constants in the data's "
+                    f"dtype (torch.ones(K, dtype=x.dtype)), or fit in {have} (dtype='{have}')")
+        if lossy:
+            want = str(dtype).replace("torch.", "")
+            warnings.warn(
+                f"the model's distributions have parameters in another precision than the fit ({want}): "
+                f"{', '.join(lossy[:6])}{' ...' if len(lossy) > 6 else ''}; their log densities are "
+                f"computed partly in that precision (e.g. log(scale) of a float32 scale: errors ~1e-7 "
+                f"relative). Create the constants in the data's dtype (torch.tensor(2.0, dtype=x.dtype)), "
+                f"or set torch.set_default_dtype(torch.{want}) before fitting", RuntimeWarning, stacklevel=4)

@@ -51,10 +51,14 @@ class FitResult:
         Point estimate of every continuous unknown (EM/SVI-MAP: the mode;
         AutoNormal: the guide's median; MCMC: the posterior mean after label alignment).
     log_likelihood : float
-        ``log p(x | params)``, discrete sites summed out; computed by the same
-        exact enumeration for every method.
+        ``log p(observed | params)``: the log probability of *every* observed site of
+        the model (the points ``x``, and also e.g. observed categories, a Poisson count
+        of detections, a ``pyro.factor``), with the discrete latent sites summed out;
+        computed by the same exact enumeration for every method.
+        ``info["log_likelihood_of"]`` labels it and, for EM, ``info["log_likelihood_by_site"]``
+        splits it by observed site.
     log_joint : float
-        ``log p(x | params) + log p(params)``.
+        ``log p(observed | params) + log p(params)``.
     trace : list of float
         Per-iteration objective: EM's log joint, SVI's ELBO, MCMC's log joint per draw.
     trace_label : str

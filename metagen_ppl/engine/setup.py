@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import torch
 from pyro import poutine
 
+from metagen_ppl.engine.components import component_structure, data_start
 from metagen_ppl.engine.enumeration import EnumeratedModel
 from metagen_ppl.engine.registry import ModelSpec
 from metagen_ppl.engine.validate import check_data, check_num_objects, check_options
@@ -75,6 +76,9 @@ def bind(spec: ModelSpec, data: dict, num_objects, options: Optional[dict], dtyp
     the data's dtype rules. The model's ``DEFAULT_OPTIONS`` are the defaults of ``options``.
     ``discrete`` names discrete sites that EM treats as
     parameters (see :class:`~metagen_ppl.engine.enumeration.EnumeratedModel`).
+    The model is traced once at its prior draw in ``dtype``
+    (:meth:`~metagen_ppl.engine.enumeration.EnumeratedModel.check_dtype`): a site that computes
+    in another precision is a :class:`~metagen_ppl.errors.ModelError` here, before any fit.
     """
     check_data(data)
     check_num_objects(num_objects, data)
@@ -92,14 +96,22 @@ def bind(spec: ModelSpec, data: dict, num_objects, options: Optional[dict], dtyp
     else:
         dtype = resolve_dtype(None, data)
     em = EnumeratedModel(spec.model, data, num_objects, options, discrete=discrete)
+    em.check_dtype(dtype)  # one trace: a constant in another precision is reported now, not after the fit
     return em, num_objects, dtype
 
 
 def initial_values(spec: ModelSpec, em: EnumeratedModel, generator: torch.Generator, dtype,
                    init: Optional[dict] = None) -> dict:
-    """Starting values for one restart: the model's ``initialize`` hook, else a prior draw;
-    entries of ``init`` (user-given values) override both. Discrete parameters (``em.discrete``)
-    start at their prior draw unless ``initialize`` or ``init`` gives them."""
+    """Starting values for one restart: the model's ``initialize`` hook, else the engine's data-driven
+    start (:func:`~metagen_ppl.engine.components.data_start`: k-means++ seeds of the observations for the
+    location site, uniform per-object weights) over a prior draw of the other unknowns; entries of
+    ``init`` (user-given values) override both. Discrete parameters (``em.discrete``) start at their
+    prior draw unless ``initialize`` or ``init`` gives them.
+
+    The first call for ``em`` also reads the model's per-object structure
+    (:func:`~metagen_ppl.engine.components.component_structure`, cached) and checks the number of
+    observations in the observed site's plates against ``K`` (:class:`DataError`).
+    """
     unknowns = list(em.latents) + list(em.discrete)
     unknown = sorted(set(init or {}) - set(unknowns))
     if unknown:
@@ -113,9 +125,12 @@ def initial_values(spec: ModelSpec, em: EnumeratedModel, generator: torch.Genera
         values[name] = tr.nodes[name]["value"].detach().to(dtype)
     for name in em.discrete:  # discrete parameters keep their integer dtype
         values[name] = tr.nodes[name]["value"].detach()
+    comps = component_structure(spec, em)  # checks the observations against K; cached for the fit
     if spec.initialize is not None:
         given = spec.initialize(em.data, em.num_objects, generator, **em.options)
         values.update({k: _as_start(v, values[k]) for k, v in given.items() if k in values})
+    elif comps.location_site is not None:
+        values.update({k: _as_start(v, values[k]) for k, v in data_start(spec, em, values, generator).items()})
     if init:
         values.update({k: _as_start(v, values[k]) for k, v in init.items()})
     return values
