@@ -102,8 +102,11 @@ def progress_bar(total, desc: str, enabled: bool, **kwargs):
 
 
 #: torch intra-op threads per kind of workload, chosen by measurement on 2 cores
-#: (``comparisons/bench_threads.py``): the point models, SVI and NUTS work on small tensors, where
-#: a second thread only adds synchronisation; the video model's batched tensors gain from it.
+#: (``comparisons/bench_threads.py``). The point models, SVI and NUTS work on small tensors: on an
+#: idle machine 2 threads change their time by -8% .. +4%, but when anything else runs (a CI box, a
+#: second job) 2 threads took 1.6-1.8x the time of 1 (SVI 14.0 s vs 7.6 s, NUTS 35.5 s vs 21.8 s), so
+#: they get 1. Batched work (evaluate's videos, metacognition's scenes, large data) gains from a
+#: second thread (0.80-0.86x the time of 1 on an idle machine).
 AUTO_THREADS = {"small": 1, "batched": 2}
 
 
