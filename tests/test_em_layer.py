@@ -26,6 +26,7 @@ from metagen_ppl.engine.distributions import IsotropicNormal
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_em import overlapping  # noqa: E402
+from test_peer_checks import GMM_TUTORIAL  # noqa: E402  (Pyro's GMM tutorial model: one copy)
 
 F64 = torch.float64
 
@@ -109,21 +110,6 @@ def test_boundary_weight_gives_a_plus_inf_message_naming_the_site():
         em.estep(values)
 
 
-GMM_TUTORIAL = '''
-import torch, pyro, pyro.distributions as dist
-from pyro.infer import config_enumerate
-
-@config_enumerate
-def model(data, num_objects):
-    data = data["obs"]
-    weights = pyro.sample("weights", dist.Dirichlet(0.5 * torch.ones(num_objects)))
-    scale = pyro.sample("scale", dist.LogNormal(0.0, 2.0))
-    with pyro.plate("components", num_objects):
-        locs = pyro.sample("locs", dist.Normal(0.0, 10.0))
-    with pyro.plate("data", len(data)):
-        assignment = pyro.sample("assignment", dist.Categorical(weights))
-        pyro.sample("obs", dist.Normal(locs[assignment], scale), obs=data)
-'''
 
 
 def test_gmm_tutorial_from_a_prior_draw_never_returns_the_infinite_density(tmp_path):
