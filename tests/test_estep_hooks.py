@@ -100,14 +100,23 @@ def _detector_structure(scenes, K, seed):
     locs = _rand(g, (S, K, 3), 0.0, 1.0)
     lo, hi = scenes.data()["box"]
     locs = lo + (hi - lo) * (0.05 + 0.9 * locs)          # inside the box: the location prior is uniform on it
-    for s, truth in enumerate(scenes.truth):
-        n = len(truth["categories"])
+    truths = [(truth["categories"], truth["positions"]) for truth in scenes.truth]
+    return _place_truth(g, cats, active, locs, truths, lo, hi, noise=0.15, extra_parity=0)
+
+
+def _place_truth(g, cats, active, locs, truths, lo, hi, *, noise, extra_parity):
+    """Put each scene's true objects ``(categories, positions)`` into shuffled slots of ``cats``,
+    ``active``, ``locs`` (in place; positions jittered by ``noise`` and kept inside the box), and
+    activate one extra slot in scenes of index parity ``extra_parity`` where there is room."""
+    K = cats.shape[1]
+    for s, (categories, positions) in enumerate(truths):
+        n = len(categories)
         slots = torch.randperm(K, generator=g)[:n]
-        cats[s, slots] = truth["categories"]
+        cats[s, slots] = torch.as_tensor(categories)
         active[s, slots] = True
-        noisy = truth["positions"].to(DT) + 0.15 * torch.randn(n, 3, generator=g, dtype=DT)
+        noisy = torch.as_tensor(positions, dtype=DT) + noise * torch.randn(n, 3, generator=g, dtype=DT)
         locs[s, slots] = torch.maximum(torch.minimum(noisy, hi - 1e-3), lo + 1e-3)
-        if n < K - 1 and s % 2 == 0:                       # an object the truth does not have
+        if n < K - 1 and s % 2 == extra_parity:            # an object the truth does not have
             free = [k for k in range(K) if not active[s, k]]
             active[s, free[0]] = True
     assert (~active).any() and active.any() and len(set(cats[active].tolist())) >= 3
@@ -187,18 +196,8 @@ def _projective_structure(videos, data, K, seed):
     cats = torch.randint(C, (V, K), generator=g)
     active = torch.zeros(V, K, dtype=torch.bool)
     locs = lo + (hi - lo) * (0.05 + 0.9 * torch.rand(V, K, 3, generator=g, dtype=DT))
-    for v, video in enumerate(videos):
-        n = len(video.gt_categories)
-        slots = torch.randperm(K, generator=g)[:n]
-        cats[v, slots] = torch.as_tensor(video.gt_categories)
-        active[v, slots] = True
-        noisy = torch.as_tensor(video.gt_positions, dtype=DT) + 0.05 * torch.randn(n, 3, generator=g, dtype=DT)
-        locs[v, slots] = torch.maximum(torch.minimum(noisy, hi - 1e-3), lo + 1e-3)
-        if n < K - 1 and v % 2 == 1:                       # an object the truth does not have
-            free = [k for k in range(K) if not active[v, k]]
-            active[v, free[0]] = True
-    assert (~active).any() and active.any() and len(set(cats[active].tolist())) >= 3
-    return cats, active, locs
+    truths = [(video.gt_categories, video.gt_positions) for video in videos]
+    return _place_truth(g, cats, active, locs, truths, lo, hi, noise=0.05, extra_parity=1)
 
 
 def _projective_V(seed):
