@@ -20,6 +20,8 @@ from metagen_ppl.apps.cli.common import parent_parsers
 from metagen_ppl.apps.evaluate import evaluate
 from metagen_ppl.domain.metagen_data import CATEGORIES
 
+from independent_scorer import rescore
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIRS = ["/work/shared/data/metagen2021", os.path.join(ROOT, "..", "shared", "data", "metagen2021")]
 REAL = next((d for d in DATA_DIRS if os.path.isfile(os.path.join(d, "data_labelled_retinanet.json"))), None)
@@ -173,6 +175,10 @@ def test_real_data_targets(detector, target, tmp_path):
                  lesioned=False)
     world = json.loads((out / "world_states.json").read_text())
     assert len(world) == 100
+    # re-scored by the independent scorer (numpy from DESIGN.md on the raw JSON): the same numbers
+    r = rescore(os.path.join(REAL, f"data_labelled_{detector}.json"), str(out / "world_states.json"))
+    assert r["per_video"] == pytest.approx(m["per_video"]["jaccard_ours"], abs=1e-12)
+    assert r["B"] == pytest.approx(m["splits"]["B"]["jaccard"]["ours"], abs=1e-12)
     j = m["splits"]["B"]["jaccard"]
     assert j["ours"] >= target, j
     assert j["ours"] > j["detector_fitted"] + 0.1

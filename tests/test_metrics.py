@@ -237,3 +237,37 @@ def test_detector_baselines_on_real_data(name, expected):
     thr, _ = fit_threshold(split_a, candidates=np.round(np.arange(0, 1.001, 0.01), 2))
     b = split_means([video_score(detector_frame_scores(v, thr)) for v in videos])["B"]
     assert (thr, b) == pytest.approx(expected["grid"], abs=1e-6)
+
+
+def test_pseudo_boxes_recover_the_extents_the_detector_boxes_were_drawn_with():
+    """Detection boxes drawn as the projections of known physical half-extents: object_extents finds those
+    extents back and projected_labels2d redraws the same boxes around the projected true centres."""
+    from metagen_ppl.domain.camera import camera_frame, project as cam_project
+    from metagen_ppl.domain.metagen_data import Detections, Video
+    from metagen_ppl.domain.metrics import object_extents, projected_labels2d
+    T = 6
+    ang = torch.linspace(0.0, 0.8, T, dtype=torch.float64)
+    cams = torch.stack([5.0 * torch.cos(ang), torch.full((T,), 2.0, dtype=torch.float64), 5.0 * torch.sin(ang)], -1)
+    looks = torch.zeros(T, 3, dtype=torch.float64)
+    pos = torch.tensor([[0.3, 0.4, -0.2]], dtype=torch.float64)
+    half = (0.35, 0.25)
+    _, right, up = camera_frame(cams, looks)
+    dets = []
+    for t in range(T):
+        c, _ = cam_project(pos[0], cams[t], looks[t])
+        e, _ = cam_project(torch.stack([pos[0] - half[0] * right[t], pos[0] + half[0] * right[t],
+                                        pos[0] + half[1] * up[t], pos[0] - half[1] * up[t]]), cams[t], looks[t])
+        box = torch.stack([e[0, 0], e[2, 1], e[1, 0], e[3, 1]]).reshape(1, 4)
+        dets.append(Detections(((box[:, :2] + box[:, 2:]) / 2), torch.tensor([2]), torch.tensor([0.9], dtype=torch.float64),
+                               box))
+    v = Video(0, "v0", cams, looks, dets, torch.tensor([2]), pos)
+    ext = object_extents([v])
+    # back-projecting the box edges to the object's depth inverts the drawing up to the small-angle
+    # difference between a plane at constant depth and the object's own offsets (< 1% here)
+    assert ext[2] == pytest.approx(half, rel=0.01)
+    boxes = projected_labels2d(v, ext)
+    for t in range(T):
+        assert boxes[t].categories.tolist() == [2]
+        assert boxes[t].boxes[0].tolist() == pytest.approx(dets[t].boxes[0].tolist(), abs=0.5)
+        c, _ = cam_project(pos[0], cams[t], looks[t])
+        assert boxes[t].centers[0].tolist() == pytest.approx(c.tolist(), abs=1e-9)

@@ -15,6 +15,19 @@ predicted points are paired with true boxes by the Hungarian algorithm on
 in its box (borders included); the frame score is
 ``sum_c hits_c / sum_c (|P_c| + |G_c| - hits_c)``, 1 if there is nothing.
 
+*Box similarity without 2D boxes* (:func:`projected_labels2d`): a file without
+``labels2D`` (the shared 2021 data) gets pseudo ground-truth boxes. Each true
+object visible in a frame gets a box centred on the projection of its labelled
+3D position (the same projection as the frame Jaccard's visibility) whose size
+is the projection of the category's physical half-extents (metres, along the
+camera's right and up axes) at the object's depth. The half-extents come from
+the file's own detections that match a true object (same category, box centre
+within 20 px of its projection): each such box, back-projected to the object's
+depth, gives a width and a height; the category's median is its extent
+(:func:`object_extents`). The centres are exact, so the score measures the
+location accuracy of a method's objects in the image; the sizes only set how
+far a point may stray and still hit.
+
 *Detector alone*: a frame's detections sorted by score, those with
 ``score > threshold``, at most ``top_n`` (5) of them; their categories (and box
 centres, as points). :func:`fit_threshold` picks the threshold maximising the
@@ -34,14 +47,14 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from metagen_ppl.domain.camera import project, visible
+from metagen_ppl.domain.camera import camera_frame, pixel_to_ray, project, visible
 from metagen_ppl.errors import DataError
-from metagen_ppl.domain.metagen_data import SPLIT_A_SIZE, Video, split_of
+from metagen_ppl.domain.metagen_data import SPLIT_A_SIZE, Boxes2D, Video, split_of
 
 __all__ = ["BOX_DISTANCE_SCALE", "METRICS", "frame_category_jaccard", "visible_objects",
            "true_categories_per_frame", "box_similarity", "detector_predictions",
            "detector_frame_scores", "world_state_frame_scores", "video_score", "split_means",
-           "fit_threshold", "detector_baselines"]
+           "fit_threshold", "detector_baselines", "object_extents", "projected_labels2d"]
 
 #: Distance scale of the box-similarity matching cost: the image diagonal, ``256 * sqrt(2)`` ~ 362 px.
 BOX_DISTANCE_SCALE = 362.0
@@ -174,6 +187,105 @@ def box_similarity(pred_points_by_category: dict, true_boxes_by_category: dict) 
         hits += h
         union += u
     return 1.0 if union == 0 else hits / union
+
+
+#: Pixel radius within which a detection of the right category matches a true object's projection
+#: (:func:`object_extents`).
+EXTENT_MATCH_RADIUS = 20.0
+#: Half-extents (metres) used for a category no detection matches (and no other category gives a median).
+DEFAULT_HALF_EXTENT = (0.25, 0.25)
+
+
+def _plane_points(pixels, cam, look, depth):
+    """The points at ``depth`` (along the optical axis) on the rays through ``pixels``, ``(..., 3)``."""
+    ray = pixel_to_ray(pixels, cam, look)
+    f, _, _ = camera_frame(cam, look)
+    t = depth.unsqueeze(-1) / (ray * f).sum(-1, keepdim=True).clamp_min(1e-9)
+    return cam + t * ray
+
+
+def object_extents(videos: Sequence[Video], radius: float = EXTENT_MATCH_RADIUS) -> dict:
+    """Physical half-extents ``(half-width, half-height)`` in metres per category, from matched detections.
+
+    For every frame and visible true object, the highest-scoring detection of its category whose
+    box centre lies within ``radius`` px of the object's projection is taken; its box edges,
+    back-projected to the object's depth, give the object's width and height there. A
+    category's extent is the median over its matches; a category without any match gets the
+    median over all matches (or :data:`DEFAULT_HALF_EXTENT` when nothing matches at all).
+
+    Returns
+    -------
+    dict: category index -> ``(half_width, half_height)`` (floats), for the categories of the
+    videos' ground truth.
+    """
+    per_cat = {}
+    for v in videos:
+        _require_ground_truth(v)
+        if v.gt_positions.shape[0] == 0:
+            continue
+        pos = v.gt_positions.to(v.cams.dtype)
+        pix, depth = project(pos.unsqueeze(1), v.cams.unsqueeze(0), v.looks.unsqueeze(0))       # (K,T,2), (K,T)
+        vis = visible(pix, depth)
+        for k, c in enumerate(v.gt_categories.tolist()):
+            per_cat.setdefault(c, [])
+            for t, det in enumerate(v.detections):
+                if not bool(vis[k, t]) or len(det) == 0:
+                    continue
+                same = (det.categories == c).nonzero().reshape(-1)
+                if len(same) == 0:
+                    continue
+                near = same[(det.centers[same] - pix[k, t]).norm(dim=-1) <= radius]
+                if len(near) == 0:
+                    continue
+                j = near[torch.argmax(det.scores[near])]
+                x1, y1, x2, y2 = (float(a) for a in det.boxes[j])
+                cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+                edges = torch.tensor([[x1, cy], [x2, cy], [cx, y1], [cx, y2]], dtype=v.cams.dtype)
+                try:
+                    pts = _plane_points(edges, v.cams[t], v.looks[t], depth[k, t].expand(4))
+                except DataError:            # an edge at 90 degrees or more from the axis
+                    continue
+                per_cat[c].append((float((pts[1] - pts[0]).norm()) / 2, float((pts[3] - pts[2]).norm()) / 2))
+    every = [e for es in per_cat.values() for e in es]
+    fallback = tuple(np.median(np.array(every), 0).tolist()) if every else DEFAULT_HALF_EXTENT
+    return {c: (tuple(np.median(np.array(es), 0).tolist()) if es else fallback) for c, es in per_cat.items()}
+
+
+def projected_labels2d(video: Video, extents: dict) -> list:
+    """Pseudo ground-truth 2D boxes of one video (a list of T :class:`Boxes2D`), see the module docstring.
+
+    Parameters
+    ----------
+    video : :class:`~metagen_ppl.domain.metagen_data.Video` with ground truth
+    extents : dict from :func:`object_extents` (category -> ``(half_width, half_height)`` metres)
+    """
+    _require_ground_truth(video)
+    dtype = video.cams.dtype
+    K, T = video.gt_positions.shape[0], video.num_frames
+    if K == 0:
+        empty = Boxes2D(torch.zeros(0, dtype=torch.long), torch.zeros(0, 4, dtype=dtype), torch.zeros(0, 2, dtype=dtype))
+        return [empty for _ in range(T)]
+    cats = video.gt_categories
+    pos = video.gt_positions.to(dtype)
+    fallback = DEFAULT_HALF_EXTENT
+    if extents:
+        fallback = tuple(np.median(np.array(list(extents.values())), 0).tolist())
+    half = torch.tensor([extents.get(int(c), fallback) for c in cats.tolist()], dtype=dtype)      # (K,2)
+    _, right, up = camera_frame(video.cams, video.looks)                                         # (T,3)
+    centre, depth = project(pos.unsqueeze(1), video.cams.unsqueeze(0), video.looks.unsqueeze(0))  # (K,T,2)
+    vis = visible(centre, depth)
+    offs = torch.stack([half[:, None, 0:1] * right[None], -half[:, None, 0:1] * right[None],
+                        half[:, None, 1:2] * up[None], -half[:, None, 1:2] * up[None]], 2)      # (K,T,4,3)
+    edge, _ = project(pos[:, None, None, :] + offs, video.cams[None, :, None], video.looks[None, :, None])
+    hw = (edge[:, :, 0, 0] - edge[:, :, 1, 0]).abs() / 2                                        # (K,T)
+    hh = (edge[:, :, 3, 1] - edge[:, :, 2, 1]).abs() / 2
+    out = []
+    for t in range(T):
+        ks = vis[:, t].nonzero().reshape(-1)
+        c = centre[ks, t]
+        boxes = torch.stack([c[:, 0] - hw[ks, t], c[:, 1] - hh[ks, t], c[:, 0] + hw[ks, t], c[:, 1] + hh[ks, t]], -1)
+        out.append(Boxes2D(cats[ks].clone(), boxes.reshape(-1, 4), c.reshape(-1, 2).clone()))
+    return out
 
 
 def _group(categories, values) -> dict:
