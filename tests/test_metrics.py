@@ -271,3 +271,16 @@ def test_pseudo_boxes_recover_the_extents_the_detector_boxes_were_drawn_with():
         assert boxes[t].boxes[0].tolist() == pytest.approx(dets[t].boxes[0].tolist(), abs=0.5)
         c, _ = cam_project(pos[0], cams[t], looks[t])
         assert boxes[t].centers[0].tolist() == pytest.approx(c.tolist(), abs=1e-9)
+
+
+def test_calibration_error_by_hand():
+    from metagen_ppl.domain.metrics import calibration
+    # bin [0.8, 0.9): probabilities 0.8, 0.8 with outcomes 1, 0 -> |0.5 - 0.8| = 0.3 on half the mass;
+    # bin [0.9, 1.0]: 1.0, 1.0 both true -> 0 error
+    c = calibration([0.8, 0.8, 1.0, 1.0], [True, False, True, True], bins=10)
+    assert c["ece"] == pytest.approx(0.15, abs=1e-12)
+    assert c["brier"] == pytest.approx((0.04 + 0.64) / 4, abs=1e-12)
+    assert [(b["n"], b["frequency"]) for b in c["bins"]] == [(2, 0.5), (2, 1.0)]
+    assert calibration([0.3] * 10, [True] * 3 + [False] * 7)["ece"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(DataError, match="in \\[0, 1\\]"):
+        calibration([1.5], [True])

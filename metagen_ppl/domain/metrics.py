@@ -54,7 +54,7 @@ from metagen_ppl.domain.metagen_data import SPLIT_A_SIZE, Boxes2D, Video, split_
 __all__ = ["BOX_DISTANCE_SCALE", "METRICS", "frame_category_jaccard", "visible_objects",
            "true_categories_per_frame", "box_similarity", "detector_predictions",
            "detector_frame_scores", "world_state_frame_scores", "video_score", "split_means",
-           "fit_threshold", "detector_baselines", "object_extents", "projected_labels2d"]
+           "fit_threshold", "detector_baselines", "object_extents", "projected_labels2d", "calibration"]
 
 #: Distance scale of the box-similarity matching cost: the image diagonal, ``256 * sqrt(2)`` ~ 362 px.
 BOX_DISTANCE_SCALE = 362.0
@@ -525,3 +525,45 @@ def detector_baselines(videos: Sequence[Video], top_n: int = 5, metric: str = "j
     idx = [v.index for v in videos]
     return {"detector": split_means(at[:, 0], idx), "detector_fitted": split_means(at[:, 1], idx),
             "threshold": threshold, "fit_score": fit_score}
+
+
+# --------------------------------------------------------------------------- calibration
+def calibration(probabilities, outcomes, bins: int = 10) -> dict:
+    """Calibration of probabilities against binary outcomes (e.g. objects' existence probabilities
+    against whether each matches a true object).
+
+    Parameters
+    ----------
+    probabilities : (n,) floats in [0, 1]
+    outcomes : (n,) bools
+    bins : int
+        Equal-width bins over [0, 1] (the last one closed).
+
+    Returns
+    -------
+    dict
+        ``ece``: the expected calibration error ``sum_b (n_b / n) |mean outcome_b - mean probability_b|``;
+        ``brier``: ``mean (p - y)^2``; ``bins``: per non-empty bin ``{"lo", "hi", "n", "mean_probability",
+        "frequency"}`` (the reliability diagram); ``n``.
+    """
+    p = np.asarray(probabilities, dtype=float).reshape(-1)
+    y = np.asarray(outcomes, dtype=float).reshape(-1)
+    if p.shape != y.shape:
+        raise DataError(f"calibration: {p.size} probabilities but {y.size} outcomes")
+    if p.size and (not np.isfinite(p).all() or p.min() < 0 or p.max() > 1):
+        raise DataError("calibration: probabilities must be finite and in [0, 1]")
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise DataError(f"calibration: bins must be a positive integer, got {bins!r}")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        sel = idx == b
+        if not sel.any():
+            continue
+        mp, fr = float(p[sel].mean()), float(y[sel].mean())
+        ece += sel.sum() / p.size * abs(fr - mp)
+        rows.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(sel.sum()),
+                     "mean_probability": mp, "frequency": fr})
+    return {"ece": float(ece), "brier": float(((p - y) ** 2).mean()) if p.size else float("nan"), "bins": rows,
+            "n": int(p.size)}

@@ -28,7 +28,9 @@ class VideoFitResult(StructureFitResult):
     each slot's object was proposed), and the detector's parameters ``rates``, ``hallucination``,
     ``pixel_scale``, ``mark_real``, ``mark_hall``, ``half_fov``; ``posteriors["z"]`` (V, T, D, K + 1);
     ``info``: ``mode``, ``births``, ``deaths``, ``video_log_likelihood`` and ``video_score`` (V,),
-    ``occam`` (V, K), ``state_hash`` (a fingerprint of the fitted state).
+    ``occam`` (V, K), ``existence`` (V, K): each object's posterior probability of existing
+    (:meth:`~metagen_ppl.models.projective.structure.ProjectiveSearch.existence_probabilities`; 0 for
+    inactive slots), ``state_hash`` (a fingerprint of the fitted state).
     """
 
     @property
@@ -63,6 +65,12 @@ class VideoFitResult(StructureFitResult):
     @property
     def resp(self) -> torch.Tensor:
         return self.posteriors["z"]
+
+    def existence(self) -> list:
+        """Per video: the existence probability of each object of :meth:`objects`, in the same order."""
+        ex = self.info["existence"]
+        return [[float(ex[v, k]) for k in self.active[v].nonzero().reshape(-1).tolist()]
+                for v in range(self.active.shape[0])]
 
     def objects(self) -> list:
         """Per video: ``[(category index, [x, y, z]), ...]`` of the active slots."""
@@ -141,6 +149,7 @@ def _result(search: ProjectiveSearch, outcome) -> VideoFitResult:
     info = {"mode": search.mode, "births": outcome.births, "deaths": outcome.deaths, "num_videos": search.V,
             "learned": sorted(search.learned), "field_of_view_deg": math.degrees(2 * float(search.values["half_fov"])),
             "video_log_likelihood": loglik, "video_score": final["score"], "occam": final["occam"],
+            "existence": search.existence_probabilities(),
             "state_hash": hash_tensors({k: v for k, v in search.state_dict().items() if k != "history"})[:16]}
     if outcome.resumed_from is not None:
         info["resumed_from_round"] = outcome.resumed_from

@@ -378,6 +378,26 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         score, occ = self.scores(resp, loglik)
         return {"loglik": loglik, "score": score, "resp": resp, "occam": occ}
 
+    def existence_probabilities(self) -> torch.Tensor:
+        """Posterior probability that each object exists, ``(V, K)`` (0 for inactive slots).
+
+        The log posterior odds of object ``k`` of video ``v`` existing against its video
+        without it, everything else fixed, are the difference of the two penalised scores
+        (Laplace approximation of the marginal likelihood over the object's location):
+
+            log pi / (1 - pi) = [log p(x_v | with k) - log p(x_v | without k)]
+                                + log(1 - p) + log(1/C) - log vol + log Z_k
+
+        i.e. minus the gain of removing it (:meth:`propose_deaths`); the MAP structure keeps an
+        object only if this is positive, so a kept object has ``pi > 1/2``.
+        """
+        out = torch.zeros(self.active.shape, dtype=self.dtype)
+        moves = self.propose_deaths()
+        if moves is None:
+            return out
+        gain = moves.gain.reshape(self.active.shape)
+        return torch.where(self.active, torch.sigmoid(-gain), out)
+
     def objects(self) -> list:
         """Per video: ``[(category index, [x, y, z]), ...]`` of the active slots."""
         out = []
