@@ -25,7 +25,8 @@ the labelled 3D objects).
 
 The loss is then attributed by *oracle fixes*: the split's frame category
 Jaccard after fixing one class of error alone (missed objects added at their
-true positions; hallucinations removed; duplicates removed; wrong categories
+true positions, all of them or only those the detector saw in at least one
+frame -- the part any method that reads detections could recover; hallucinations removed; duplicates removed; wrong categories
 corrected; matched objects moved to their true positions: the location error,
 which changes the frames in which an object counts as visible). The gain of
 each fix is the part of ``1 - score`` that class costs; the gains need not add
@@ -35,6 +36,11 @@ Usage::
 
     python comparisons/error_decomposition.py [--data-dir ../shared/data/metagen2021] [--out error-decomposition]
         [--detectors retinanet faster_rcnn] [--gate 1.5] [--radius 20] [--rerun] [--json FILE]
+
+When the world states carry ``existence_probability`` per object (``evaluate`` writes it), the
+calibration of those probabilities against "the object matches a true object of its
+category" is printed (expected calibration error, Brier score) and drawn as a reliability
+diagram, ``OUT/existence_reliability.png``.
 
 Prints one table per detector and writes ``OUT/decomposition.json``.
 """
@@ -53,12 +59,13 @@ from scipy.optimize import linear_sum_assignment
 
 from metagen_ppl.domain.camera import project, visible
 from metagen_ppl.domain.metagen_data import CATEGORIES, category_index, load_videos
-from metagen_ppl.domain.metrics import object_extents, projected_labels2d, split_means, world_state_frame_scores
+from metagen_ppl.domain.metrics import (calibration, object_extents, projected_labels2d, split_means,
+                                        world_state_frame_scores)
 from metagen_ppl.io import atomic_write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DETECTORS = ("retinanet", "faster_rcnn")
-FIXES = ("missed", "hallucination", "duplicate", "wrong category", "location")
+FIXES = ("missed", "missed, seen", "hallucination", "duplicate", "wrong category", "location")
 SEEN_BINS = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 10 ** 6))
 
 
@@ -113,13 +120,18 @@ def classify(video, objects, gate: float) -> dict:
     return {"pairs": pairs, "missed": missed, "duplicate": dup, "hallucination": hall}
 
 
-def fixed_objects(video, objects, cls: dict, fix: str) -> list:
-    """The world state of one video with one class of error fixed by the oracle."""
+def fixed_objects(video, objects, cls: dict, fix: str, radius: float = 20.0) -> list:
+    """The world state of one video with one class of error fixed by the oracle (``"missed, seen"``: only
+    the missed objects the detector saw in at least one frame, the part a method reading detections
+    can recover)."""
     objs = [list(o) for o in objects]
     true_c = video.gt_categories.tolist()
     true_p = video.gt_positions.tolist()
     if fix == "missed":
         return [tuple(o) for o in objs] + [(true_c[k], true_p[k]) for k in cls["missed"]]
+    if fix == "missed, seen":
+        return [tuple(o) for o in objs] + [(true_c[k], true_p[k]) for k in cls["missed"]
+                                           if frames_seen(video, true_c[k], video.gt_positions[k], radius) > 0]
     if fix in ("hallucination", "duplicate"):
         drop = set(cls[fix])
         return [tuple(o) for i, o in enumerate(objs) if i not in drop]
@@ -149,15 +161,19 @@ def decompose(videos, world: list, gate: float, radius: float) -> dict:
         for v in videos:
             v.labels2d = projected_labels2d(v, extents)
     base, box, gains = [], [], {f: [] for f in FIXES}
-    rows = []
+    rows, exist = [], []
     for v in videos:
         objs = [(category_index(o["category_name"]), o["position"]) for o in by_path[v.path]["objects"]]
         cls = classify(v, objs, gate)
+        good = {i for i, k in cls["pairs"] if objs[i][0] == int(v.gt_categories[k])}
+        for i, o in enumerate(by_path[v.path]["objects"]):
+            if "existence_probability" in o:
+                exist.append((v.index, float(o["existence_probability"]), i in good))
         s0 = _score(v, objs)
         base.append(s0)
         box.append(_score(v, objs, "box"))
         for f in FIXES:
-            gains[f].append(_score(v, fixed_objects(v, objs, cls, f)) - s0)
+            gains[f].append(_score(v, fixed_objects(v, objs, cls, f, radius)) - s0)
         true_c = v.gt_categories.tolist()
         rows.append({
             "index": v.index, "split": "A" if v.index < 50 else "B", "n_true": len(true_c), "n_pred": len(objs),
@@ -197,8 +213,39 @@ def decompose(videos, world: list, gate: float, radius: float) -> dict:
             "location error median m": float(np.median(errs)) if errs else None,
             "location error p90 m": float(np.percentile(errs, 90)) if errs else None,
         }
+        ex = [(p, y) for i, p, y in exist if split == "all" or (i < 50) == (split == "A")]
+        if ex:
+            out[split]["existence calibration"] = calibration([p for p, _ in ex], [y for _, y in ex])
     out["videos"] = rows
     return out
+
+
+def plot_reliability(path: str, decs: dict) -> None:
+    """Reliability diagram of the objects' existence probabilities (all videos), one line per detector."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4.5, 4.2), dpi=110)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
+    for name, dec in decs.items():
+        cal = dec["all"].get("existence calibration")
+        if cal is None:
+            continue
+        b = cal["bins"]
+        ax.plot([x["mean_probability"] for x in b], [x["frequency"] for x in b], marker="o",
+                label=f"{name} (ECE {cal['ece']:.3f}, n={cal['n']})")
+        for x in b:
+            ax.annotate(str(x["n"]), (x["mean_probability"], x["frequency"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, -9))
+    ax.set_xlabel("existence probability (bin mean)")
+    ax.set_ylabel("fraction matching a true object")
+    ax.set_title("Inferred objects: existence calibration")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def print_table(name: str, dec: dict) -> None:
@@ -214,6 +261,10 @@ def print_table(name: str, dec: dict) -> None:
         row(key, key, lambda x: f"{x:9d}")
     row("location error median (m)", "location error median m", lambda x: f"{x:9.2f}" if x is not None else "        -")
     row("location error p90 (m)", "location error p90 m", lambda x: f"{x:9.2f}" if x is not None else "        -")
+    cal = {s: dec[s].get("existence calibration") for s in ("A", "B", "all")}
+    if cal["all"] is not None:
+        print(f"{'existence ECE':34s}" + "".join(f"{c['ece']:9.3f}" if c else "        -" for c in cal.values()))
+        print(f"{'existence Brier':34s}" + "".join(f"{c['brier']:9.3f}" if c else "        -" for c in cal.values()))
     for key in ("missed by category", "missed by frames seen", "hallucination by category",
                 "wrong category pairs (true->pred)"):
         print(f"{key} (B): {json.dumps(dec['B'][key], sort_keys=True)}")
@@ -250,6 +301,9 @@ def main(argv=None) -> int:
         result[det] = dec
     os.makedirs(args.out, exist_ok=True)
     atomic_write_json(os.path.join(args.out, "decomposition.json"), result)
+    if any(d["all"].get("existence calibration") for d in result.values()):
+        plot_reliability(os.path.join(args.out, "existence_reliability.png"), result)
+        print(f"-> {os.path.join(args.out, 'existence_reliability.png')}")
     print(f"\n-> {os.path.join(args.out, 'decomposition.json')}")
     return 0
 
