@@ -49,7 +49,6 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from typing import Optional
 
 from metagen_ppl.domain.camera import Camera, parse_camera
 from metagen_ppl.domain.metagen_data import Vocabulary, detection_file, finite_number, parse_categories

@@ -70,6 +70,7 @@ first problem. Every :class:`Video` carries its file's ``camera`` and
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from collections import Counter
@@ -265,7 +266,6 @@ def parse_categories(spec, where: str = "--categories") -> Vocabulary:
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec).strip()
         if text.startswith(("[", "{")):
-            import json
             try:
                 spec = json.loads(text)
             except json.JSONDecodeError as e:

@@ -157,7 +157,7 @@ from pyro import poutine
 from pyro.distributions import TorchDistribution, constraints
 from pyro.ops.indexing import Vindex
 
-from metagen_ppl.domain.camera import DEFAULT_CAMERA, HALF_FOV, IMAGE_SIZE, Camera, camera_frame, visible
+from metagen_ppl.domain.camera import DEFAULT_CAMERA, IMAGE_SIZE, Camera, camera_frame, visible
 from metagen_ppl.domain.metagen_data import CATEGORIES, VideoBatch, batch_videos
 from metagen_ppl.errors import DataError
 from metagen_ppl.models.baseline import scale_prior

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from metagen_ppl.apps.cli.common import EXIT_OK, Formatter, prepare_output, report_created, say
+from metagen_ppl.domain.camera import parse_camera
 from metagen_ppl.domain.coco import convert_coco
 from metagen_ppl.io import atomic_write_json
 
@@ -47,7 +48,7 @@ def run(args) -> int:
     info = obj["conversion"]
     dropped = sum(info["dropped_unknown_category"].values())
     say(f"{info['detections']} detections of {info['images']} images in {info['videos']} videos, "
-        f"{len(obj['categories'])} categories, camera {obj['camera']['model']}"
+        f"{len(obj['categories'])} categories, camera {parse_camera(obj['camera']).describe()}"
         + (f"; dropped {dropped} of unknown categories" if dropped else "") + f" -> {args.out}")
     report_created(created)
     return EXIT_OK
