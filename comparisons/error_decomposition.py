@@ -58,7 +58,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from metagen_ppl.domain.camera import project, visible
-from metagen_ppl.domain.metagen_data import CATEGORIES, category_index, load_videos
+from metagen_ppl.domain.metagen_data import load_videos
 from metagen_ppl.domain.metrics import (calibration, object_extents, projected_labels2d, split_means,
                                         world_state_frame_scores)
 from metagen_ppl.io import atomic_write_json
@@ -79,8 +79,8 @@ def _default_data_dir():
 def frames_seen(video, category: int, position, radius: float) -> int:
     """Frames in which the true object is visible and the detector has a detection of its category near it."""
     pos = torch.as_tensor(position, dtype=video.cams.dtype).reshape(1, 3)
-    pix, depth = project(pos, video.cams, video.looks)          # (T, 2), (T,)
-    vis = visible(pix, depth)
+    pix, depth = project(pos, video.cams, video.looks, video.camera)          # (T, 2), (T,)
+    vis = visible(pix, depth, video.camera)
     n = 0
     for t, det in enumerate(video.detections):
         if not bool(vis[t]) or len(det) == 0:
@@ -163,7 +163,9 @@ def decompose(videos, world: list, gate: float, radius: float) -> dict:
     base, box, gains = [], [], {f: [] for f in FIXES}
     rows, exist = [], []
     for v in videos:
-        objs = [(category_index(o["category_name"]), o["position"]) for o in by_path[v.path]["objects"]]
+        names = list(v.category_names)
+        index = {n.lower(): i for i, n in enumerate(names)}
+        objs = [(index[o["category_name"].lower()], o["position"]) for o in by_path[v.path]["objects"]]
         cls = classify(v, objs, gate)
         good = {i for i, k in cls["pairs"] if objs[i][0] == int(v.gt_categories[k])}
         for i, o in enumerate(by_path[v.path]["objects"]):
@@ -178,12 +180,12 @@ def decompose(videos, world: list, gate: float, radius: float) -> dict:
         rows.append({
             "index": v.index, "split": "A" if v.index < 50 else "B", "n_true": len(true_c), "n_pred": len(objs),
             "correct": sum(objs[i][0] == true_c[k] for i, k in cls["pairs"]),
-            "wrong category": [(CATEGORIES[true_c[k]], CATEGORIES[objs[i][0]]) for i, k in cls["pairs"]
+            "wrong category": [(names[true_c[k]], names[objs[i][0]]) for i, k in cls["pairs"]
                                if objs[i][0] != true_c[k]],
-            "missed": [(CATEGORIES[true_c[k]], frames_seen(v, true_c[k], v.gt_positions[k], radius))
+            "missed": [(names[true_c[k]], frames_seen(v, true_c[k], v.gt_positions[k], radius))
                        for k in cls["missed"]],
-            "duplicate": [CATEGORIES[objs[i][0]] for i in cls["duplicate"]],
-            "hallucination": [CATEGORIES[objs[i][0]] for i in cls["hallucination"]],
+            "duplicate": [names[objs[i][0]] for i in cls["duplicate"]],
+            "hallucination": [names[objs[i][0]] for i in cls["hallucination"]],
             "location_error_m": [float(np.linalg.norm(np.subtract(objs[i][1], v.gt_positions[k].tolist())))
                                  for i, k in cls["pairs"]],
         })

@@ -44,6 +44,7 @@ BUDGETS = {
     "metacognition simulate": ["--num-scenes", "4", "--num-frames", "8"],
     "metacognition fit": ["--max-rounds", "2"],
     "evaluate": ["--plots", "1"],
+    "convert-coco": [],
 }
 
 
@@ -91,8 +92,31 @@ def _excerpt(src: str, dst: str, videos: int = 3) -> None:
         json.dump(obj[:videos], fh)
 
 
+def _coco_inputs(folder) -> None:
+    """The inputs of the README's ``convert-coco`` line: three simulated videos through its pinhole camera as
+    a detector's COCO results, the per-image poses and a COCO annotation file's categories."""
+    from metagen_ppl.models.projective import simulate
+
+    camera = {"model": "pinhole", "fx": 525, "fy": 525, "cx": 319.5, "cy": 239.5, "width": 640, "height": 480}
+    dets, poses = [], []
+    for v, video in enumerate(simulate(3, 6, seed=0, camera=camera)):        # COCO ids as labels
+        for t, view in enumerate(video["views"]):
+            image_id = 100 * v + t
+            poses.append({"image_id": image_id, "video": video["path"], "frame": t,
+                          "camera": [view["camera"][k] for k in "xyz"], "lookat": [view["lookat"][k] for k in "xyz"]})
+            d = view["detections"]
+            for score, label, tl, br in zip(d["scores"], d["labels"], d["top_left"], d["bottom_right"]):
+                dets.append({"image_id": image_id, "category_id": label, "score": score,
+                             "bbox": [tl[0], tl[1], br[0] - tl[0], br[1] - tl[1]]})
+    names = {1: "person", 62: "chair", 64: "potted plant", 72: "tv", 28: "umbrella", 51: "bowl"}
+    for name, obj in (("det.json", dets), ("poses.json", poses),
+                      ("instances_val2017.json", {"categories": [{"id": i, "name": n} for i, n in names.items()]})):
+        (folder / name).write_text(json.dumps(obj))
+
+
 def test_every_readme_command_runs_as_printed(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    _coco_inputs(tmp_path)
     (tmp_path / "my_variant.py").write_text(_readme_file("<!-- README example: my_variant.py"))
     (tmp_path / "student_t_pixels.py").write_text(_readme_file("<!-- README example: student_t_pixels.py"))
     real = {}

@@ -9,13 +9,14 @@ the model's own model selection -- and writes to ``out_dir``:
 
 ``world_states.json``
     a list in file order, one entry per video:
-    ``{"path": <the video's path>, "objects": [{"category_name": "chair"|"plant"|"tv"|"umbrella"|"bowl",
-    "position": [x, y, z]}, ...]}``;
+    ``{"path": <the video's path>, "objects": [{"category_name": <one of the file's categories, e.g.
+    "chair"|"plant"|"tv"|"umbrella"|"bowl">, "position": [x, y, z]}, ...]}``;
 ``metacognition.json``
     the learned V, ``sigma_px``, marks and field of view (``learned``), the same
     computed from the ground truth (``ground_truth``: EM with the objects fixed
     at their true positions), the lesioned model's, and a side-by-side table
-    ``V_table`` (per category: r and h learned vs from the ground truth);
+    ``V_table`` (per category: r and h learned vs from the ground truth), and the file's
+    ``categories`` and ``camera``;
 ``metrics.json``
     per split (``A`` = videos 1-50, ``B`` = 51-100) and ``all``: the frame
     category Jaccard of our method, the detector alone (top 5), the detector
@@ -78,7 +79,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from metagen_ppl.domain.metagen_data import batch_videos, CATEGORIES, load_videos
+from metagen_ppl.domain.metagen_data import batch_videos, load_videos
 from metagen_ppl.domain.metrics import detector_baselines, split_means, world_state_frame_scores
 from metagen_ppl.apps.video_fits import (Units, fit_em_units, fit_mcmc_units, fit_svi_units, fit_unit, meta_json,
                                          progress_bar, video_model)
@@ -137,13 +138,14 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
              plots: int = 3, lesioned: bool = True, ground_truth_V: bool = True, max_objects: int = 8,
              svi_steps: int = 300, svi_lr: float = 0.01, mcmc_videos: int = 3, mcmc_samples: int = 100,
              mcmc_warmup: int = 100, log=None, num_threads: Optional[int] = 1, checkpoint: bool = True,
-             resume: bool = False, model="projective") -> dict:
+             resume: bool = False, model="projective", categories=None, camera=None) -> dict:
     """Fit every video of a MetaGen detection file and write world states, V and metrics.
 
     Parameters
     ----------
     data_path : str
-        A MetaGen detection JSON file (:func:`metagen_ppl.domain.metagen_data.load_videos`).
+        A MetaGen detection JSON file (:func:`metagen_ppl.domain.metagen_data.load_videos`: the legacy
+        list of videos or the ``metagen-detections`` schema).
     out_dir : str
         Output directory (created): ``world_states.json``, ``metacognition.json``,
         ``metrics.json``, ``plots/``.
@@ -165,6 +167,13 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
         The video model: ``"projective"`` (default) or a ``.py`` file of a variant of it (its module
         has the functions of :data:`metagen_ppl.apps.video_fits.VIDEO_MODEL_HOOKS`, e.g. by
         ``from metagen_ppl.models.projective import *``, and may set ``DEFAULT_OPTIONS``).
+    categories : optional
+        The categories and their detector labels, replacing the file's
+        (:func:`metagen_ppl.domain.metagen_data.parse_categories`: e.g. ``"62=chair,64=plant"`` or a
+        JSON file); the outputs name the categories as given.
+    camera : optional
+        The camera, replacing the file's (:func:`metagen_ppl.domain.camera.parse_camera`: e.g.
+        ``"pinhole:fx=500,fy=500,cx=320,cy=240,width=640,height=480"``).
     log : callable, optional
         Receives one-line status messages.
     num_threads : int or None
@@ -200,7 +209,8 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
     settings = dict(data_path=data_path, out_dir=out_dir, method=method, learn_on=learn_on, seed=seed,
                     progress=progress, plots=plots, lesioned=lesioned, ground_truth_V=ground_truth_V,
                     max_objects=max_objects, svi_steps=svi_steps, svi_lr=svi_lr, mcmc_videos=mcmc_videos,
-                    mcmc_samples=mcmc_samples, mcmc_warmup=mcmc_warmup, log=log)
+                    mcmc_samples=mcmc_samples, mcmc_warmup=mcmc_warmup, log=log, categories=categories,
+                    camera=camera)
     previous = None
     if num_threads is not None:
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
@@ -223,7 +233,8 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
 
 
 def _evaluate(spec, units, *, data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V,
-              max_objects, svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log) -> dict:
+              max_objects, svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log, categories=None,
+              camera=None) -> dict:
     t_start = time.perf_counter()
     seed = check_seed(seed)
     if method not in METHODS:
@@ -241,7 +252,8 @@ def _evaluate(spec, units, *, data_path, out_dir, method, learn_on, seed, progre
         raise DataError(f"output directory {os.fspath(out_dir)!r} is an existing file; give a directory")
     say = log or (lambda m: None)
 
-    videos = load_videos(data_path)
+    videos = load_videos(data_path, categories=categories, camera=camera)
+    names, cam = list(videos[0].category_names), videos[0].camera
     if not any(v.has_detections for v in videos):
         raise DataError(f"{os.fspath(data_path)!r} has no 'detections' in its frames; evaluate needs a "
                         "detector's output (e.g. data_labelled_retinanet.json), not unlabelled_data.json")
@@ -263,7 +275,8 @@ def _evaluate(spec, units, *, data_path, out_dir, method, learn_on, seed, progre
                              "method": method, "learn_on": learn_on, "seed": seed, "plots": plots,
                              "lesioned": lesioned, "ground_truth_V": ground_truth_V, "max_objects": max_objects,
                              "svi_steps": svi_steps, "svi_lr": svi_lr, "mcmc_videos": mcmc_videos,
-                             "mcmc_samples": mcmc_samples, "mcmc_warmup": mcmc_warmup})
+                             "mcmc_samples": mcmc_samples, "mcmc_warmup": mcmc_warmup,
+                             "categories": names, "camera": cam.to_json()})
         done = None
         if units.resume:
             try:
@@ -311,12 +324,12 @@ def _evaluate(spec, units, *, data_path, out_dir, method, learn_on, seed, progre
         say(f"EM: {sum(len(o) for o in objs)} objects in {V} videos; fitted"
             f"{' and scored' if has_gt else ''} in {timings['fit_and_score_s']:.1f} s")
 
-    world = [{"path": v.path, "objects": [{"category_name": CATEGORIES[c], "position": p} for c, p in o]}
+    world = [{"path": v.path, "objects": [{"category_name": names[c], "position": p} for c, p in o]}
              for v, o in zip(videos, objs)]
     atomic_write_json(os.path.join(out_dir, "world_states.json"), world)
 
     # ---- lesioned model and ground-truth V
-    meta = {"method": method, "learn_on": learn_on, "learned": meta_json(spec, learned),
+    meta = {"method": method, "learn_on": learn_on, "learned": meta_json(spec, learned, names, cam),
             "learned_on": "all videos" if learn_on == "all" else "videos 1-50 (split A)"}
     objs_les = None
     if lesioned:
@@ -324,22 +337,23 @@ def _evaluate(spec, units, *, data_path, out_dir, method, learn_on, seed, progre
         fit_les = fit_unit(spec, data, "lesioned", progress, "lesioned model (V at its prior)", units=units, name="lesioned",
                        max_objects=max_objects)
         objs_les = fit_les.objects()
-        meta["lesioned"] = meta_json(spec, fit_les.values)
+        meta["lesioned"] = meta_json(spec, fit_les.values, names, cam)
         timings["lesioned_fit_s"] = time.perf_counter() - t1
     if has_gt and ground_truth_V:
         t1 = time.perf_counter()
         b = batch_videos(videos)
         fit_gt = fit_unit(spec, data, "truth", progress, "V from the ground truth", units=units, name="ground_truth",
                       truth=(b.gt_categories, b.gt_positions, b.gt_mask))
-        meta["ground_truth"] = meta_json(spec, fit_gt.values)
+        meta["ground_truth"] = meta_json(spec, fit_gt.values, names, cam)
         meta["ground_truth_note"] = ("EM with every object fixed at its true category and position: V, sigma_px, "
                                      "marks and field of view learned from the detections given the truth")
         meta["V_table"] = {c: {"r_learned": meta["learned"]["detection_rate"][c],
                                "r_ground_truth": meta["ground_truth"]["detection_rate"][c],
                                "h_learned": meta["learned"]["hallucination_rate"][c],
                                "h_ground_truth": meta["ground_truth"]["hallucination_rate"][c]}
-                           for c in CATEGORIES}
+                           for c in names}
         timings["ground_truth_V_s"] = time.perf_counter() - t1
+    meta["categories"], meta["camera"] = names, cam.to_json()
     meta["fits"] = fit_info["fits"]
     if method_info:
         meta[method] = method_info[method]

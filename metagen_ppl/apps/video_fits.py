@@ -153,9 +153,13 @@ def V_params(values: dict) -> dict:
     return {k: values[k].detach().clone() for k in keys if k in values}
 
 
-def meta_json(spec, values: dict) -> dict:
-    out = spec.module.params_to_json(values)
+def meta_json(spec, values: dict, names=None, camera=None) -> dict:
+    """V, pixel noise, marks (per category ``names``, the data's) and the learned field of view as JSON;
+    for a pinhole ``camera`` also the focal lengths ``[fx, fy]`` the field of view stands for."""
+    out = spec.module.params_to_json(values) if names is None else spec.module.params_to_json(values, names=names)
     out["field_of_view_deg"] = math.degrees(2 * float(values["half_fov"]))
+    if camera is not None and hasattr(camera, "focal"):
+        out["focal_length_px"] = [float(x) for x in camera.focal(values["half_fov"])]
     return out
 
 
@@ -230,7 +234,8 @@ def svi_one(spec, data, fit, idx, seed, steps, lr, progress):
     cats, active, _, birth = spec.module.compact_structure(fit)
     K = cats.shape[1]
     opts = {"cats": cats, "active": active, "half_fov": float(fit.values["half_fov"])}
-    init = dict(spec.module.prior_params(dtype=sub["centers"].dtype))
+    ncat = {"num_categories": len(sub["category_names"])} if "category_names" in sub else {}
+    init = dict(spec.module.prior_params(dtype=sub["centers"].dtype, **ncat))
     if fit.mode == "fixed":
         opts.update({k: fit.values[k] for k in ("rates", "hallucination", "pixel_scale", "mark_real",
                                                 "mark_hall")})

@@ -36,10 +36,16 @@ split-level mean on a set of videos, over all observed scores.
 A method that infers a 3D world state (objects with categories and
 positions) is scored by projecting its objects into each frame exactly like
 the ground truth (:func:`world_state_frame_scores`).
+
+Every projection and visibility test uses the video's own camera
+(``Video.camera``: the shared data's 256 x 256 angle-linear camera for the
+legacy files); the box-similarity distance scale is that camera's image
+diagonal in whole pixels (:func:`box_distance_scale`, 362 for 256 x 256).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Callable, Optional, Sequence
 
@@ -47,11 +53,11 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from metagen_ppl.domain.camera import camera_frame, pixel_to_ray, project, visible
+from metagen_ppl.domain.camera import DEFAULT_CAMERA, Camera, camera_frame, pixel_to_ray, project, visible
 from metagen_ppl.errors import DataError
 from metagen_ppl.domain.metagen_data import SPLIT_A_SIZE, Boxes2D, Video, split_of
 
-__all__ = ["BOX_DISTANCE_SCALE", "METRICS", "frame_category_jaccard", "visible_objects",
+__all__ = ["BOX_DISTANCE_SCALE", "METRICS", "box_distance_scale", "frame_category_jaccard", "visible_objects",
            "true_categories_per_frame", "box_similarity", "detector_predictions",
            "detector_frame_scores", "world_state_frame_scores", "video_score", "split_means",
            "fit_threshold", "detector_baselines", "object_extents", "projected_labels2d", "calibration"]
@@ -60,6 +66,15 @@ __all__ = ["BOX_DISTANCE_SCALE", "METRICS", "frame_category_jaccard", "visible_o
 BOX_DISTANCE_SCALE = 362.0
 #: Names of the two real-data metrics.
 METRICS = ("jaccard", "box")
+
+
+def box_distance_scale(camera: Optional[Camera] = None) -> float:
+    """The box-similarity distance scale of a camera: its image diagonal rounded to whole pixels
+    (:data:`BOX_DISTANCE_SCALE`, 362, for the shared data's 256 x 256 images)."""
+    camera = DEFAULT_CAMERA if camera is None else camera
+    if camera.width == camera.height == 256:
+        return BOX_DISTANCE_SCALE
+    return float(round(math.hypot(camera.width, camera.height)))
 
 
 def _np(x):
@@ -97,7 +112,7 @@ def _iter(x):
     return x
 
 
-def visible_objects(positions, cams, looks) -> torch.Tensor:
+def visible_objects(positions, cams, looks, camera: Optional[Camera] = None) -> torch.Tensor:
     """Which objects' centres project into the image, per frame.
 
     Parameters
@@ -106,6 +121,8 @@ def visible_objects(positions, cams, looks) -> torch.Tensor:
         Object centres.
     cams, looks : (T, 3) tensors
         Camera positions and look-at points per frame.
+    camera : Camera, optional
+        The camera model (default the shared data's).
 
     Returns
     -------
@@ -118,8 +135,8 @@ def visible_objects(positions, cams, looks) -> torch.Tensor:
         raise DataError(f"positions must have shape (K, 3), got {tuple(positions.shape)}")
     if positions.shape[0] == 0:
         return torch.zeros(cams.shape[0], 0, dtype=torch.bool)
-    pix, depth = project(positions.unsqueeze(0), cams.unsqueeze(1), looks.unsqueeze(1))
-    return visible(pix, depth)
+    pix, depth = project(positions.unsqueeze(0), cams.unsqueeze(1), looks.unsqueeze(1), camera)
+    return visible(pix, depth, camera)
 
 
 def _require_ground_truth(video: Video) -> None:
@@ -130,7 +147,7 @@ def _require_ground_truth(video: Video) -> None:
 def true_categories_per_frame(video: Video) -> list:
     """Categories (indices) of the true objects visible in each frame: a list of T lists."""
     _require_ground_truth(video)
-    vis = visible_objects(video.gt_positions, video.cams, video.looks)
+    vis = visible_objects(video.gt_positions, video.cams, video.looks, video.camera)
     cats = video.gt_categories.tolist()
     return [[cats[k] for k in np.flatnonzero(_np(row))] for row in vis]
 
@@ -146,14 +163,14 @@ def _boxes(x) -> np.ndarray:
     return a.reshape(-1, 4) if a.size else np.zeros((0, 4))
 
 
-def _category_counts(points: np.ndarray, boxes: np.ndarray):
+def _category_counts(points: np.ndarray, boxes: np.ndarray, scale: float = BOX_DISTANCE_SCALE):
     """``(hits, |P| + |G| - hits)`` of one category's Hungarian matching."""
     n_p, n_g = len(points), len(boxes)
     if n_p == 0 or n_g == 0:
         return 0, n_p + n_g
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     dist = np.linalg.norm(points[:, None, :] - centres[None, :, :], axis=-1)
-    cost = np.minimum(1.0, (dist / BOX_DISTANCE_SCALE) ** 2)
+    cost = np.minimum(1.0, (dist / scale) ** 2)
     rows, cols = linear_sum_assignment(cost)
     p, b = points[rows], boxes[cols]
     inside = (p[:, 0] >= b[:, 0]) & (p[:, 0] <= b[:, 2]) & (p[:, 1] >= b[:, 1]) & (p[:, 1] <= b[:, 3])
@@ -161,7 +178,8 @@ def _category_counts(points: np.ndarray, boxes: np.ndarray):
     return hits, n_p + n_g - hits
 
 
-def box_similarity(pred_points_by_category: dict, true_boxes_by_category: dict) -> float:
+def box_similarity(pred_points_by_category: dict, true_boxes_by_category: dict,
+                   scale: float = BOX_DISTANCE_SCALE) -> float:
     """Box similarity of one frame (DESIGN.md section 5).
 
     Parameters
@@ -171,19 +189,22 @@ def box_similarity(pred_points_by_category: dict, true_boxes_by_category: dict) 
     true_boxes_by_category : dict
         category -> ``(m_c, 4)`` true boxes ``(x1, y1, x2, y2)`` (top-left,
         bottom-right); the box centre is the midpoint of the corners.
+    scale : float
+        Distance scale of the matching cost (default 362, the shared data's; see
+        :func:`box_distance_scale`).
 
     Returns
     -------
     float
         ``sum_c hits_c / sum_c (n_c + m_c - hits_c)``; 1.0 if there are no
         points and no boxes. Per category, points and boxes are paired by the
-        Hungarian algorithm on ``min(1, (|point - centre| / 362)^2)`` and a pair
+        Hungarian algorithm on ``min(1, (|point - centre| / scale)^2)`` and a pair
         is a hit when the point lies in the box, borders included.
     """
     hits = union = 0
     for c in set(pred_points_by_category) | set(true_boxes_by_category):
         h, u = _category_counts(_points(pred_points_by_category.get(c, ())),
-                                _boxes(true_boxes_by_category.get(c, ())))
+                                _boxes(true_boxes_by_category.get(c, ())), scale)
         hits += h
         union += u
     return 1.0 if union == 0 else hits / union
@@ -196,9 +217,9 @@ EXTENT_MATCH_RADIUS = 20.0
 DEFAULT_HALF_EXTENT = (0.25, 0.25)
 
 
-def _plane_points(pixels, cam, look, depth):
+def _plane_points(pixels, cam, look, depth, camera=None):
     """The points at ``depth`` (along the optical axis) on the rays through ``pixels``, ``(..., 3)``."""
-    ray = pixel_to_ray(pixels, cam, look)
+    ray = pixel_to_ray(pixels, cam, look, camera)
     f, _, _ = camera_frame(cam, look)
     t = depth.unsqueeze(-1) / (ray * f).sum(-1, keepdim=True).clamp_min(1e-9)
     return cam + t * ray
@@ -224,8 +245,9 @@ def object_extents(videos: Sequence[Video], radius: float = EXTENT_MATCH_RADIUS)
         if v.gt_positions.shape[0] == 0:
             continue
         pos = v.gt_positions.to(v.cams.dtype)
-        pix, depth = project(pos.unsqueeze(1), v.cams.unsqueeze(0), v.looks.unsqueeze(0))       # (K,T,2), (K,T)
-        vis = visible(pix, depth)
+        cam = v.camera
+        pix, depth = project(pos.unsqueeze(1), v.cams.unsqueeze(0), v.looks.unsqueeze(0), cam)  # (K,T,2), (K,T)
+        vis = visible(pix, depth, cam)
         for k, c in enumerate(v.gt_categories.tolist()):
             per_cat.setdefault(c, [])
             for t, det in enumerate(v.detections):
@@ -242,7 +264,7 @@ def object_extents(videos: Sequence[Video], radius: float = EXTENT_MATCH_RADIUS)
                 cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
                 edges = torch.tensor([[x1, cy], [x2, cy], [cx, y1], [cx, y2]], dtype=v.cams.dtype)
                 try:
-                    pts = _plane_points(edges, v.cams[t], v.looks[t], depth[k, t].expand(4))
+                    pts = _plane_points(edges, v.cams[t], v.looks[t], depth[k, t].expand(4), cam)
                 except DataError:            # an edge at 90 degrees or more from the axis
                     continue
                 per_cat[c].append((float((pts[1] - pts[0]).norm()) / 2, float((pts[3] - pts[2]).norm()) / 2))
@@ -271,12 +293,13 @@ def projected_labels2d(video: Video, extents: dict) -> list:
     if extents:
         fallback = tuple(np.median(np.array(list(extents.values())), 0).tolist())
     half = torch.tensor([extents.get(int(c), fallback) for c in cats.tolist()], dtype=dtype)      # (K,2)
+    cam = video.camera
     _, right, up = camera_frame(video.cams, video.looks)                                         # (T,3)
-    centre, depth = project(pos.unsqueeze(1), video.cams.unsqueeze(0), video.looks.unsqueeze(0))  # (K,T,2)
-    vis = visible(centre, depth)
+    centre, depth = project(pos.unsqueeze(1), video.cams.unsqueeze(0), video.looks.unsqueeze(0), cam)  # (K,T,2)
+    vis = visible(centre, depth, cam)
     offs = torch.stack([half[:, None, 0:1] * right[None], -half[:, None, 0:1] * right[None],
                         half[:, None, 1:2] * up[None], -half[:, None, 1:2] * up[None]], 2)      # (K,T,4,3)
-    edge, _ = project(pos[:, None, None, :] + offs, video.cams[None, :, None], video.looks[None, :, None])
+    edge, _ = project(pos[:, None, None, :] + offs, video.cams[None, :, None], video.looks[None, :, None], cam)
     hw = (edge[:, :, 0, 0] - edge[:, :, 1, 0]).abs() / 2                                        # (K,T)
     hh = (edge[:, :, 3, 1] - edge[:, :, 2, 1]).abs() / 2
     out = []
@@ -307,10 +330,10 @@ def _frame_truth(video: Video, metric: str) -> list:
     raise DataError(f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
 
 
-def _score(metric: str, truth, categories, points) -> float:
+def _score(metric: str, truth, categories, points, scale: float = BOX_DISTANCE_SCALE) -> float:
     if metric == "jaccard":
         return frame_category_jaccard(truth, categories)
-    return box_similarity(_group(categories, points), truth)
+    return box_similarity(_group(categories, points), truth, scale)
 
 
 def detector_predictions(detections, threshold: float = 0.0, top_n: Optional[int] = 5):
@@ -348,12 +371,13 @@ def detector_frame_scores(video: Video, threshold: float = 0.0, top_n: Optional[
                           metric: str = "jaccard") -> np.ndarray:
     """Per-frame score (T,) of the detector alone on one video (see :func:`detector_predictions`)."""
     truth = _frame_truth(video, metric)
+    scale = box_distance_scale(video.camera)
     out = np.empty(video.num_frames)
     for t, det in enumerate(video.detections):
         scores, cats, pts = _frame_arrays(det)
         keep = scores > threshold
         cats, pts = cats[keep][:top_n], pts[keep][:top_n]
-        out[t] = _score(metric, truth[t], cats.tolist(), pts)
+        out[t] = _score(metric, truth[t], cats.tolist(), pts, scale)
     return out
 
 
@@ -367,7 +391,7 @@ def world_state_frame_scores(video: Video, categories, positions, metric: str = 
     Parameters
     ----------
     video : :class:`~metagen_ppl.domain.metagen_data.Video`
-    categories : (K,) ints, indices into :data:`~metagen_ppl.domain.metagen_data.CATEGORIES`
+    categories : (K,) ints, indices into the video's ``category_names``
     positions : (K, 3) positions
     metric : "jaccard" or "box"
     """
@@ -377,16 +401,17 @@ def world_state_frame_scores(video: Video, categories, positions, metric: str = 
     if len(cats) != positions.shape[0]:
         raise DataError(f"world state has {len(cats)} categories but {positions.shape[0]} positions")
     if positions.shape[0]:
-        pix, depth = project(positions.unsqueeze(0), video.cams.unsqueeze(1), video.looks.unsqueeze(1))
-        vis = _np(visible(pix, depth))
+        pix, depth = project(positions.unsqueeze(0), video.cams.unsqueeze(1), video.looks.unsqueeze(1), video.camera)
+        vis = _np(visible(pix, depth, video.camera))
         pix = _np(pix)
     else:
         vis = np.zeros((video.num_frames, 0), dtype=bool)
         pix = np.zeros((video.num_frames, 0, 2))
+    scale = box_distance_scale(video.camera)
     out = np.empty(video.num_frames)
     for t in range(video.num_frames):
         keep = vis[t]
-        out[t] = _score(metric, truth[t], cats[keep].tolist(), pix[t][keep])
+        out[t] = _score(metric, truth[t], cats[keep].tolist(), pix[t][keep], scale)
     return out
 
 
@@ -431,12 +456,13 @@ def split_means(video_scores, indices: Optional[Sequence[int]] = None) -> dict:
 def _prefix_scores(video: Video, top_n: Optional[int], metric: str):
     """Per frame: ascending scores and the frame score of each kept prefix (0..min(n, top_n))."""
     truth = _frame_truth(video, metric)
+    scale = box_distance_scale(video.camera)
     frames = []
     for t, det in enumerate(video.detections):
         scores, cats, pts = _frame_arrays(det)
         cats = cats.tolist()
         m = len(scores) if top_n is None else min(len(scores), top_n)
-        values = np.array([_score(metric, truth[t], cats[:k], pts[:k]) for k in range(m + 1)])
+        values = np.array([_score(metric, truth[t], cats[:k], pts[:k], scale) for k in range(m + 1)])
         frames.append((scores[::-1].copy(), values))
     return frames
 

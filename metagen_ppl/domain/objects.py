@@ -13,7 +13,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from metagen_ppl.errors import DataError
-from metagen_ppl.domain.metagen_data import CATEGORIES
+from metagen_ppl.domain.metagen_data import CATEGORIES, category_index
 from metagen_ppl.domain.scenes import SceneSet
 
 def truth_objects(scenes: SceneSet) -> list:
@@ -25,9 +25,17 @@ def truth_objects(scenes: SceneSet) -> list:
             for p, t in zip(scenes.paths, scenes.truth)]
 
 
+def _category_key(name) -> str:
+    """A category name for matching: the legacy name (aliases resolved), else the name in lower case."""
+    try:
+        return CATEGORIES[category_index(name)]
+    except KeyError:
+        return str(name).strip().lower()
+
+
 def _objs(scene) -> tuple:
     objs = scene["objects"] if isinstance(scene, dict) else scene
-    cats = [CATEGORIES.index(o["category_name"]) for o in objs]
+    cats = [_category_key(o["category_name"]) for o in objs]
     pos = np.asarray([o["position"] for o in objs], dtype=float).reshape(-1, 3)
     return cats, pos
 

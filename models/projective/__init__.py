@@ -10,7 +10,7 @@ The generative story is in :mod:`.generative`. The package is the model's hooks
 :mod:`.births`      birth proposals: candidates triangulated from unexplained detections
 :mod:`.structure`   :class:`ProjectiveSearch`: the continuous phase, deaths, state (for the engine's search)
 :mod:`.fit`         :func:`fit_videos` and its :class:`VideoFitResult`
-:mod:`.simulate`    ``simulate``: videos in the MetaGen detection format
+:mod:`.simulate`    ``simulate``, ``simulate_file``: videos in the MetaGen detection format (any camera)
 :mod:`.nuts`        :func:`nuts_locations`: NUTS over one video's object locations
 :mod:`.comparison`  ``prepare_comparison`` for ``metagen-ppl compare``
 """
@@ -28,7 +28,7 @@ from metagen_ppl.models.projective.mstep import (closed_form_mstep, gauss_newton
                                                  location_objective)
 from metagen_ppl.models.projective.nuts import nuts_locations
 from metagen_ppl.models.projective.occam import location_hessian, log_occam, object_occam, structure_penalty
-from metagen_ppl.models.projective.simulate import simulate
+from metagen_ppl.models.projective.simulate import simulate, simulate_file
 from metagen_ppl.models.projective.structure import MODES, ProjectiveSearch
 
 __all__ = ["COMPARE_BUDGET", "COMPARE_SIMULATION", "prepare_comparison", "estep", "frame_terms", "joint_log_terms",
@@ -38,4 +38,4 @@ __all__ = ["COMPARE_BUDGET", "COMPARE_SIMULATION", "prepare_comparison", "estep"
            "num_bins", "object_pixels", "params_from_json", "params_to_json", "pixel_to_ray", "prior_params",
            "project", "score_bins", "select_videos", "closed_form_mstep", "gauss_newton_locations",
            "location_mstep", "location_objective", "nuts_locations", "location_hessian", "log_occam",
-           "object_occam", "structure_penalty", "simulate", "MODES", "ProjectiveSearch"]
+           "object_occam", "structure_penalty", "simulate", "simulate_file", "MODES", "ProjectiveSearch"]

@@ -17,7 +17,7 @@ import torch
 
 from metagen_ppl.domain.camera import triangulate
 from metagen_ppl.engine.structure import Moves
-from metagen_ppl.models.projective.generative import (DEFAULTS, clamp_to_box, half_fov_of, pixel_to_ray,
+from metagen_ppl.models.projective.generative import (DEFAULTS, camera_of, clamp_to_box, half_fov_of, pixel_to_ray,
                                                       ray_at_mid_height)
 from metagen_ppl.models.projective.mstep import (index_views, inside_image, project_views, views_of,
                                                  gauss_newton_locations)
@@ -48,12 +48,13 @@ class BirthProposals:
         gt[key, pos], gd[key, pos], gm[key, pos] = t, d, True
         gv = torch.arange(G) // C
         f, right, up = self.axes
-        half = half_fov_of(self.values)
-        rays = pixel_to_ray(data["centers"], data["cams"][:, :, None], data["looks"][:, :, None], half)
+        camera = camera_of(data)
+        half = half_fov_of(self.values, camera)
+        rays = pixel_to_ray(data["centers"], data["cams"][:, :, None], data["looks"][:, :, None], half, camera)
         vv = gv[:, None].expand(G, M)
         self.grp = {"v": gv, "c": torch.arange(G) % C, "t": gt, "d": gd, "mask": gm,
                     "u": data["centers"][vv, gt, gd], "bin": data["score_bins"][vv, gt, gd],
-                    "views": views_of(data["cams"][vv, gt], f[vv, gt], right[vv, gt], up[vv, gt], half),
+                    "views": views_of(data["cams"][vv, gt], f[vv, gt], right[vv, gt], up[vv, gt], half, camera),
                     "rays": rays[vv, gt, gd]}
 
     def _candidates(self, resp, kappa=3.0, rounds=4):
@@ -92,7 +93,7 @@ class BirthProposals:
             gview = index_views(views, gi)                                              # (P,M,3)
             pix, depth, _ = project_views(p, gview)                                     # (P,M,2)
             err = (pix - grp["u"][gi]).norm(dim=-1)
-            inl = un[gi] & inside_image(pix, depth) & (err < kappa * sigma)                   # (P,M)
+            inl = un[gi] & inside_image(pix, depth, gview["camera"]) & (err < kappa * sigma)  # (P,M)
             ar = torch.arange(len(gi))
             keep = inl[ar, i] & inl[ar, j]
             gi, i, j, p, inl, err = gi[keep], i[keep], j[keep], p[keep], inl[keep], err[keep]
@@ -122,8 +123,9 @@ class BirthProposals:
             t = gt[sg, si]
             v = gv[sg]
             cand_g.append(sg)
+            camera = camera_of(self.data)
             cand_mu.append(ray_at_mid_height(grp["u"][sg, si], self.data["cams"][v, t], self.data["looks"][v, t],
-                                          self.lo, self.hi, half_fov_of(self.values)))
+                                          self.lo, self.hi, half_fov_of(self.values, camera), camera))
         if not cand_g:
             return None
         return torch.cat(cand_g), torch.cat(cand_mu)
@@ -138,7 +140,7 @@ class BirthProposals:
         diff = grp["u"][gp] - pix
         gauss = self.noise.log_density((diff * diff).sum(-1), self.values["pixel_scale"])
         lr = torch.log(self.values["mark_real"])[c[:, None], grp["bin"][gp]]
-        ok = grp["mask"][gp] & inside_image(pix, depth)
+        ok = grp["mask"][gp] & inside_image(pix, depth, gview["camera"])
         term = torch.where(ok, torch.log(self.values["rates"])[c][:, None] + gauss + lr,
                            torch.full((), -math.inf, dtype=self.dtype))
         return term.unsqueeze(-1)
@@ -165,7 +167,8 @@ class BirthProposals:
         rate = self.values["rates"][cp]
         kw = dict(u=grp["u"][gp].unsqueeze(2), views=index_views(grp["views"], gp), rate=rate,
                   sigma=self.values["pixel_scale"],
-                  expo_views=views_of(data["cams"][vp], f[vp], right[vp], up[vp], half_fov_of(self.values)),
+                  expo_views=views_of(data["cams"][vp], f[vp], right[vp], up[vp],
+                                      half_fov_of(self.values, camera_of(data)), camera_of(data)),
                   expo_mask=data["frame_mask"][vp], noise=self.noise)
         zero = torch.zeros((), dtype=self.dtype)
         for _ in range(3):                                                       # local EM on each candidate
@@ -176,7 +179,7 @@ class BirthProposals:
         new = torch.logaddexp(lse_g, term)
         g = torch.where(mask_g, (term - new).exp(), zero)
         epix, edepth, _ = project_views(mu, kw["expo_views"])
-        evis = inside_image(epix, edepth) & kw["expo_mask"]
+        evis = inside_image(epix, edepth, kw["expo_views"]["camera"]) & kw["expo_mask"]
         dll = torch.where(mask_g, new - lse_g, zero).sum((-1, -2)) - rate * evis.to(self.dtype).sum(-1)
         H = location_hessian(mu, g=g, **kw)
         gain = dll + self._per_object_prior() + log_occam(H, mu, self.lo, self.hi)

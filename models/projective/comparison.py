@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from metagen_ppl.domain.metagen_data import CATEGORIES, parse_videos
+from metagen_ppl.domain.metagen_data import parse_videos
 from metagen_ppl.domain.objects import object_metrics
 from metagen_ppl.engine.comparison import ComparisonSetup
 from metagen_ppl.errors import DataError
@@ -29,7 +29,8 @@ def prepare_comparison(obj, *, seed=0, dtype=torch.float64, num_objects=None, op
                        log=None, source="<data>", **_):
     """Set-up of ``metagen-ppl compare`` for M4 (see :mod:`metagen_ppl.apps.compare`).
 
-    ``obj`` is a MetaGen detection file (a list of videos). The structure (object
+    ``obj`` is a MetaGen detection file (a list of videos, or the ``metagen-detections`` schema with
+    its own categories and camera). The structure (object
     count and categories per video) and the field of view are found once by the
     structure-search EM of :func:`fit_videos` (V learned); every method then fits
     the locations, rates, hallucination rates, pixel noise and score marks with the
@@ -50,14 +51,15 @@ def prepare_comparison(obj, *, seed=0, dtype=torch.float64, num_objects=None, op
     K = int(cats.shape[1])
     half_fov = fit.values["half_fov"].detach().clone()
     has_truth = all(v.gt_categories is not None for v in videos)
+    names = videos[0].category_names
     truth = None
     if has_truth:
-        truth = [{"path": v.path, "objects": [{"category_name": CATEGORIES[int(c)], "position": p.tolist()}
+        truth = [{"path": v.path, "objects": [{"category_name": names[int(c)], "position": p.tolist()}
                                                for c, p in zip(v.gt_categories, v.gt_positions)]}
                  for v in videos]
 
     def objects(locs, c=cats, a=active):
-        return [{"path": v.path, "objects": [{"category_name": CATEGORIES[int(c[i, k])],
+        return [{"path": v.path, "objects": [{"category_name": names[int(c[i, k])],
                                               "position": [float(x) for x in locs[i, k]]}
                                              for k in range(c.shape[1]) if bool(a[i, k])]}
                 for i, v in enumerate(videos)]

@@ -9,35 +9,37 @@ from __future__ import annotations
 
 import torch
 
-from metagen_ppl.domain.metagen_data import CATEGORIES
 from metagen_ppl.engine.enumeration import EStep
-from metagen_ppl.models.projective.generative import (V_SITES, IMPOSSIBLE, LOG_AREA, half_fov_of, structure_of,
-                                                      assignment_logits, category_intensity, log_prior,
-                                                      object_pixels)
+from metagen_ppl.models.projective.generative import (V_SITES, IMPOSSIBLE, camera_of, half_fov_of, log_area,
+                                                      num_categories_of, structure_of, assignment_logits,
+                                                      category_intensity, log_prior, object_pixels)
 from metagen_ppl.models.detector.estep import detection_posterior
 from metagen_ppl.models.detector.generative import check_inside_box
 from metagen_ppl.models.projective.noise import GAUSSIAN, pixel_noise_of
 
 
-def joint_log_terms(data, values, cats, active, num_categories=len(CATEGORIES), noise=GAUSSIAN):
+def joint_log_terms(data, values, cats, active, num_categories=None, noise=GAUSSIAN):
     """``log w_j + log p(u_n | j) + log q_j(b_n)`` per detection and component ``(V, T, D, K + 1)``,
     the frame intensities ``Lambda_vt`` (V, T) and the visibility ``(V, T, K)``.
 
-    ``values`` holds ``locs, rates, hallucination, pixel_scale, mark_real, mark_hall``; ``noise`` is the
-    pixel noise (:mod:`metagen_ppl.models.projective.noise`).
+    ``values`` holds ``locs, rates, hallucination, pixel_scale, mark_real, mark_hall`` (and optionally
+    ``half_fov``); ``noise`` is the pixel noise (:mod:`metagen_ppl.models.projective.noise`); ``C``
+    defaults to the data's number of categories; pixels through the data's camera.
     """
+    if num_categories is None:
+        num_categories = num_categories_of(data)
     u = data["centers"]
     o, b = data["categories"], data["score_bins"]
     mask = data["det_mask"]
     locs = values["locs"]
     rates, hall, sigma = values["rates"], values["hallucination"], values["pixel_scale"].reshape(())
-    pix, vis = object_pixels(data, locs, half_fov_of(values))                         # (V,T,K,2)
+    pix, vis = object_pixels(data, locs, half_fov_of(values, camera_of(data)))       # (V,T,K,2)
     logits = assignment_logits(data, rates, hall, cats, active, vis)            # (V,T,D,J)
     diff = u.unsqueeze(-2) - pix.unsqueeze(2)                                   # (V,T,D,K,2)
     gauss = noise.log_density((diff * diff).sum(-1), sigma)
     lr = torch.log(values["mark_real"])[o, b]                                   # (V,T,D)
     lh = torch.log(values["mark_hall"])[o, b]
-    comp = torch.cat([(lh - LOG_AREA).unsqueeze(-1), gauss + lr.unsqueeze(-1)], -1)
+    comp = torch.cat([(lh - log_area(data)).unsqueeze(-1), gauss + lr.unsqueeze(-1)], -1)
     joint = torch.where(logits > IMPOSSIBLE / 2, logits + comp, torch.full((), IMPOSSIBLE, dtype=u.dtype))
     joint = torch.where(mask.unsqueeze(-1), joint, logits)                      # padded: [0, IMP, ...]
     lam = category_intensity(data, rates, hall, cats, active, vis, num_categories).sum(-1)
@@ -51,7 +53,7 @@ def frame_terms(data, lam):
     return torch.where(data["frame_mask"], per, torch.zeros((), dtype=lam.dtype)).sum(-1)
 
 
-def video_log_likelihood(data, values, cats, active, num_categories=len(CATEGORIES), noise=GAUSSIAN):
+def video_log_likelihood(data, values, cats, active, num_categories=None, noise=GAUSSIAN):
     """Direct batched E-step: ``log p(x_v | theta, structure)`` per video (V,) and the
     responsibilities ``(V, T, D, K + 1)`` (zero rows for padded detections).
 
@@ -63,7 +65,7 @@ def video_log_likelihood(data, values, cats, active, num_categories=len(CATEGORI
     return lse.sum((-1, -2)) + frame_terms(data, lam), resp
 
 
-def estep(data, params, num_objects, *, cats=None, active=None, num_categories=len(CATEGORIES), **options) -> EStep:
+def estep(data, params, num_objects, *, cats=None, active=None, num_categories=None, **options) -> EStep:
     """The model's E-step hook (:func:`metagen_ppl.engine.em.run_em`): :func:`video_log_likelihood` as an
     :class:`~metagen_ppl.engine.enumeration.EStep`; ``details``: ``video_log_likelihood`` (V,),
     ``joint`` and ``lse`` (the log terms and their logsumexp per detection), ``vis`` (V, T, K).

@@ -7,11 +7,11 @@ import math
 
 import torch
 
-from metagen_ppl.domain.metagen_data import CATEGORIES
 from metagen_ppl.engine.checkpoint import hash_tensors
 from metagen_ppl.engine.result import StructureFitResult
 from metagen_ppl.engine.structure import search_structure
 from metagen_ppl.models.detector.structure import active_slots_first
+from metagen_ppl.models.projective.generative import category_names_of
 from metagen_ppl.models.projective.structure import MODES, ProjectiveSearch
 
 __all__ = ["MODES", "VideoFitResult", "fit_videos", "compact_structure"]
@@ -153,7 +153,8 @@ def _result(search: ProjectiveSearch, outcome) -> VideoFitResult:
             "state_hash": hash_tensors({k: v for k, v in search.state_dict().items() if k != "history"})[:16]}
     if outcome.resumed_from is not None:
         info["resumed_from_round"] = outcome.resumed_from
-    scenes = [{"path": str(v), "objects": [{"category_name": CATEGORIES[c], "position": p} for c, p in objs]}
+    names = category_names_of(search.data)
+    scenes = [{"path": str(v), "objects": [{"category_name": names[c], "position": p} for c, p in objs]}
               for v, objs in enumerate(search.objects())]
     return VideoFitResult(
         model="projective", method="em", params=params, log_likelihood=float(loglik.sum()),

@@ -2,19 +2,22 @@
 
 Generative story (DESIGN.md section 2, model M4; issue 5 item 2)
 ----------------------------------------------------------------
-Videos ``v = 1..V``, frames ``t = 1..T_v``, categories ``c = 0..C-1``
-(:data:`metagen_ppl.domain.metagen_data.CATEGORIES`). Video ``v`` holds ``K_v``
+Videos ``v = 1..V``, frames ``t = 1..T_v``, categories ``c = 0..C-1`` (the
+data file's categories, ``data["category_names"]``; the legacy files' five
+:data:`metagen_ppl.domain.metagen_data.CATEGORIES`). Video ``v`` holds ``K_v``
 objects; object ``k`` has a category ``c_k`` and a 3D location ``mu_k`` (metres,
-y up). Frame ``t`` has a known camera (position ``cam_t``, look-at point
-``look_t``) and the angle-linear projection ``P_t`` of :mod:`metagen_ppl.domain.camera`.
-Object ``k`` is *visible* in frame ``t`` iff ``P_t(mu_k)`` lies in the
-256 x 256 image and its depth is positive (``vis_tk``).
+y up). Frame ``t`` has a known camera pose (position ``cam_t``, look-at point
+``look_t``) and the projection ``P_t`` of the data's camera ``data["camera"]``
+(:mod:`metagen_ppl.domain.camera`: the shared data's angle-linear 256 x 256
+camera, or any angle-linear or pinhole camera of a file). Object ``k`` is
+*visible* in frame ``t`` iff ``P_t(mu_k)`` lies in the image (W x H pixels)
+and its depth is positive (``vis_tk``).
 
 The detections of frame ``t`` -- pixel centre ``u_n``, category ``o_n`` and
 score bin ``b_n`` (a mark) -- form a Poisson point process with intensity
 
     lambda(u, o, b) = sum_k vis_tk r_{c_k} [o = c_k] N(u; P_t(mu_k), sigma_px^2 I) q^real_o(b)
-                      + h_o / 256^2 q^hall_o(b)
+                      + h_o / (W H) q^hall_o(b)
 
 ``r_c`` is the expected number of detections per frame of a visible object of
 category ``c``, ``h_c`` the expected number of hallucinated detections of
@@ -63,12 +66,24 @@ true objects they are pulled towards the image centre, by about 4-5 px at
 prefers a field of view of about 57-58 degrees (residual 2.2 px instead of
 2.5 px; the refitted positions land 0.08 m from the truth instead of
 0.19 m). The model therefore takes the half field of view as a parameter
-(``half_fov``, option of :func:`model`, default the nominal
-:data:`metagen_ppl.domain.camera.HALF_FOV`). :func:`~metagen_ppl.models.projective.fit.fit_videos` learns it without
+(``half_fov``, option of :func:`model`, default the nominal half field of
+view of the data's camera, :attr:`metagen_ppl.domain.camera.Camera.half_fov`;
+:data:`metagen_ppl.domain.camera.HALF_FOV` for the shared data).
+:func:`~metagen_ppl.models.projective.fit.fit_videos` learns it without
 ground truth, by conditional maximisation of the log marginal likelihood
 (ECME; :meth:`~metagen_ppl.models.projective.structure.ProjectiveSearch.fov_mstep`); it reaches 57.1 degrees
 (RetinaNet) and 57.1-57.4 degrees (Faster R-CNN) independently. The metrics
 still project with the nominal camera: they define visibility.
+
+Other cameras: for an angle-linear camera of any size ``half_fov`` is half the
+horizontal field of view (the vertical one keeps its ratio to it). For a
+pinhole camera the same parameter, ``half_fov = atan(W / (2 f_x))``, is a
+*focal-length scale*: a value ``h`` multiplies ``f_x`` and ``f_y`` by
+``tan(h_0) / tan(h)`` (``h_0`` the nominal value; principal point fixed), so
+ECME refines the focal length of a roughly calibrated camera. The search range
+is the nominal field of view +- 10 degrees (``fov_range``). A camera with
+``"learn_fov": false`` (or the fit option ``learn_fov=False``) keeps its
+intrinsics fixed.
 
 Room (location prior), from the data's conventions
 --------------------------------------------------
@@ -124,7 +139,11 @@ Data dict (:func:`data_from_videos`)
 ``cams, looks`` (V, T, 3); ``centers`` (V, T, D, 2); ``categories``,
 ``score_bins`` (V, T, D) long; ``det_mask`` (V, T, D) bool;
 ``num_detections`` (V, T) long; ``frame_mask`` (V, T) bool; ``box`` (2, 3)
-(``D >= 1``, padded).
+(``D >= 1``, padded); ``camera`` (a :class:`~metagen_ppl.domain.camera.Camera`)
+and ``category_names`` (tuple of C str), shared by all videos, passed through
+unchanged by :func:`select_videos` (like ``box``). A data dict without
+``camera`` / ``category_names`` (built by hand) has the shared data's camera
+and five categories.
 """
 
 from __future__ import annotations
@@ -138,7 +157,7 @@ from pyro import poutine
 from pyro.distributions import TorchDistribution, constraints
 from pyro.ops.indexing import Vindex
 
-from metagen_ppl.domain.camera import HALF_FOV, IMAGE_SIZE, camera_frame, visible
+from metagen_ppl.domain.camera import DEFAULT_CAMERA, IMAGE_SIZE, Camera, camera_frame, visible
 from metagen_ppl.domain.metagen_data import CATEGORIES, VideoBatch, batch_videos
 from metagen_ppl.errors import DataError
 from metagen_ppl.models.baseline import scale_prior
@@ -165,7 +184,8 @@ SCORE_EDGES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 IMPOSSIBLE = -1.0e4
 
 
-#: ``log`` of the image area (hallucinations are uniform over the 256 x 256 image).
+#: ``log`` of the image area of the shared data's camera (hallucinations are uniform over the
+#: 256 x 256 image); :func:`log_area` gives the data's.
 LOG_AREA = 2 * math.log(IMAGE_SIZE)
 
 
@@ -192,6 +212,28 @@ def num_bins() -> int:
 
 
 # --------------------------------------------------------------------------- data
+def camera_of(data) -> Camera:
+    """The data's camera (``data["camera"]``; the shared data's angle-linear camera when absent)."""
+    cam = data.get("camera") if data is not None else None
+    return DEFAULT_CAMERA if cam is None else cam
+
+
+def category_names_of(data) -> tuple:
+    """The data's category names (``data["category_names"]``; the five legacy categories when absent)."""
+    names = data.get("category_names") if data is not None else None
+    return tuple(CATEGORIES) if names is None else tuple(names)
+
+
+def num_categories_of(data) -> int:
+    """``C``, the number of the data's categories."""
+    return len(category_names_of(data))
+
+
+def log_area(data) -> float:
+    """``log(W H)`` of the data's camera image (:data:`LOG_AREA` for the shared data)."""
+    return camera_of(data).log_area
+
+
 def score_bins(scores: torch.Tensor) -> torch.Tensor:
     """Bin index of each score (:data:`SCORE_EDGES`; 1.0 falls in the last bin)."""
     edges = torch.tensor(SCORE_EDGES[1:-1], dtype=scores.dtype)
@@ -199,7 +241,8 @@ def score_bins(scores: torch.Tensor) -> torch.Tensor:
 
 
 def data_from_videos(videos, box=ROOM_BOX, dtype=torch.float64) -> dict:
-    """The model's data dict from loaded videos (or a :class:`~metagen_ppl.domain.metagen_data.VideoBatch`)."""
+    """The model's data dict from loaded videos (or a :class:`~metagen_ppl.domain.metagen_data.VideoBatch`);
+    the videos' camera and category names come along (``data["camera"]``, ``data["category_names"]``)."""
     b = videos if isinstance(videos, VideoBatch) else batch_videos(list(videos))
     V, T = b.cams.shape[:2]
     D = max(1, b.centers.shape[2])
@@ -217,15 +260,17 @@ def data_from_videos(videos, box=ROOM_BOX, dtype=torch.float64) -> dict:
     return {"cams": b.cams.to(dtype), "looks": b.looks.to(dtype), "centers": centers,
             "categories": pad(b.categories), "score_bins": torch.where(mask, score_bins(scores), 0),
             "scores": scores, "det_mask": mask, "num_detections": b.num_detections,
-            "frame_mask": b.frame_mask, "box": torch.tensor(box, dtype=dtype)}
+            "frame_mask": b.frame_mask, "box": torch.tensor(box, dtype=dtype), "camera": b.camera,
+            "category_names": tuple(b.category_names)}
 
 
 def select_videos(data: dict, index) -> dict:
-    """The data dict of a subset of videos (``index``: a bool mask or indices over V)."""
+    """The data dict of a subset of videos (``index``: a bool mask or indices over V); ``box``, ``camera``
+    and ``category_names`` (and anything else that is not a tensor) are passed through unchanged."""
     idx = torch.as_tensor(index)
     if idx.dtype == torch.bool:
         idx = idx.nonzero().reshape(-1)
-    return {k: (v if k == "box" else v[idx]) for k, v in data.items()}
+    return {k: (v if k == "box" or not torch.is_tensor(v) else v[idx]) for k, v in data.items()}
 
 
 def box_bounds(data):
@@ -235,37 +280,58 @@ def box_bounds(data):
 
 
 # --------------------------------------------------------------------------- projection helpers
-def project(points, cam, look, half_fov=HALF_FOV):
-    """:func:`metagen_ppl.domain.camera.project` with a field of view ``2 half_fov`` (radians; a float or a
-    0-dim tensor, differentiable): pixels ``(..., 2)`` and depth ``(...)``. With the default it is
-    exactly the camera of DESIGN.md."""
+def project(points, cam, look, half_fov=None, camera=None):
+    """:func:`metagen_ppl.domain.camera.project` with a refined field of view (differentiable).
+
+    Parameters
+    ----------
+    points : (..., 3) tensor
+    cam, look : (..., 3) tensors (broadcast against ``points``)
+    half_fov : float or 0-dim tensor, optional
+        Half the horizontal field of view (radians; for a pinhole camera a focal-length scale, see the
+        module docstring); default the camera's nominal value.
+    camera : :class:`~metagen_ppl.domain.camera.Camera`, optional
+        Default the shared data's angle-linear camera (then, with the default ``half_fov``, exactly the
+        camera of DESIGN.md).
+
+    Returns
+    -------
+    pixels : (..., 2) tensor
+    depth : (...) tensor
+    """
+    camera = DEFAULT_CAMERA if camera is None else camera
     f, right, up = camera_frame(cam, look)
     s = points - cam
     depth = (s * f).sum(-1)
-    k = IMAGE_SIZE / 2 / half_fov
-    px = IMAGE_SIZE / 2 + k * torch.atan2((s * right).sum(-1), depth)
-    py = IMAGE_SIZE / 2 - k * torch.atan2((s * up).sum(-1), depth)
+    px, py = camera.pixels((s * right).sum(-1), (s * up).sum(-1), depth, half_fov)
     return torch.stack([px, py], -1), depth
 
 
-def pixel_to_ray(pixels, cams, looks, half_fov=HALF_FOV):
-    """:func:`metagen_ppl.domain.camera.pixel_to_ray` with a field of view ``2 half_fov``: unit ray directions."""
+def pixel_to_ray(pixels, cams, looks, half_fov=None, camera=None):
+    """:func:`metagen_ppl.domain.camera.pixel_to_ray` with a refined field of view: unit ray directions
+    ``(..., 3)`` of ``pixels`` ``(..., 2)``; angle-linear viewing angles are clamped to 1.5 rad (no error)."""
+    camera = DEFAULT_CAMERA if camera is None else camera
     f, right, up = camera_frame(cams, looks)
-    a = ((pixels[..., 0] - IMAGE_SIZE / 2) / (IMAGE_SIZE / 2) * half_fov).clamp(-1.5, 1.5)
-    b = ((IMAGE_SIZE / 2 - pixels[..., 1]) / (IMAGE_SIZE / 2) * half_fov).clamp(-1.5, 1.5)
-    ray = f + torch.tan(a).unsqueeze(-1) * right + torch.tan(b).unsqueeze(-1) * up
+    a, b = camera.ray_coefficients(pixels, half_fov, clamp=1.5)
+    ray = f + a.unsqueeze(-1) * right + b.unsqueeze(-1) * up
     return ray / ray.norm(dim=-1, keepdim=True)
 
 
-def half_fov_of(values) -> torch.Tensor:
+def half_fov_of(values, camera=None) -> torch.Tensor:
+    """``values["half_fov"]`` as a tensor, or the camera's nominal half field of view (0-dim)."""
     h = values.get("half_fov") if values is not None else None
-    return torch.tensor(HALF_FOV, dtype=torch.float64) if h is None else torch.as_tensor(h)
+    if h is None:
+        return torch.tensor((DEFAULT_CAMERA if camera is None else camera).half_fov, dtype=torch.float64)
+    return torch.as_tensor(h)
 
 
-def object_pixels(data: dict, locs: torch.Tensor, half_fov=HALF_FOV):
-    """Pixels ``(V, T, K, 2)`` and visibility ``(V, T, K)`` of objects ``locs`` (V, K, 3) in every frame."""
-    pix, depth = project(locs[:, None, :, :], data["cams"][:, :, None, :], data["looks"][:, :, None, :], half_fov)
-    vis = visible(pix, depth) & data["frame_mask"].unsqueeze(-1)
+def object_pixels(data: dict, locs: torch.Tensor, half_fov=None):
+    """Pixels ``(V, T, K, 2)`` and visibility ``(V, T, K)`` of objects ``locs`` (V, K, 3) in every frame,
+    through the data's camera (``half_fov``: as in :func:`project`)."""
+    camera = camera_of(data)
+    pix, depth = project(locs[:, None, :, :], data["cams"][:, :, None, :], data["looks"][:, :, None, :], half_fov,
+                         camera)
+    vis = visible(pix, depth, camera) & data["frame_mask"].unsqueeze(-1)
     return pix, vis
 
 
@@ -285,14 +351,15 @@ def clamp_to_box(mu, lo, hi):
 class PixelDetection(TorchDistribution):
     """Pixel centre of a detection given its assignment.
 
-    ``log_prob(u) = -log(256^2)`` where ``is_hall`` (uniform over the image),
-    ``log N(u; loc, scale^2 I)`` elsewhere, and 0 where ``mask`` is False.
+    ``log_prob(u) = -log(W H)`` where ``is_hall`` (uniform over the ``camera``'s image, default the
+    shared data's 256 x 256), ``log N(u; loc, scale^2 I)`` elsewhere, and 0 where ``mask`` is False.
     """
 
     arg_constraints = {}
     support = constraints.real_vector
 
-    def __init__(self, loc, scale, is_hall, mask=None, noise=GAUSSIAN, validate_args=None):
+    def __init__(self, loc, scale, is_hall, mask=None, noise=GAUSSIAN, validate_args=None, camera=None):
+        self.camera = DEFAULT_CAMERA if camera is None else camera
         self.loc = loc
         self.scale = torch.as_tensor(scale, dtype=loc.dtype)
         self.is_hall = is_hall
@@ -303,7 +370,7 @@ class PixelDetection(TorchDistribution):
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(PixelDetection, _instance)
-        for k in ("loc", "scale", "is_hall", "mask_", "noise"):
+        for k in ("loc", "scale", "is_hall", "mask_", "noise", "camera"):
             setattr(new, k, getattr(self, k))
         super(PixelDetection, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
         return new
@@ -311,13 +378,14 @@ class PixelDetection(TorchDistribution):
     def sample(self, sample_shape=torch.Size()):
         shape = self._extended_shape(sample_shape)
         gauss = self.loc + self.noise.sample(shape[:-1], self.scale, self.loc.dtype)
-        unif = torch.rand(shape, dtype=self.loc.dtype) * IMAGE_SIZE
+        w, h = self.camera.width, self.camera.height
+        unif = torch.rand(shape, dtype=self.loc.dtype) * (w if w == h else torch.tensor([w, h], dtype=self.loc.dtype))
         return torch.where(self.is_hall.unsqueeze(-1), unif, gauss)
 
     def log_prob(self, value):
         diff = value - self.loc
         normal = self.noise.log_density((diff * diff).sum(-1), self.scale)
-        out = torch.where(self.is_hall, torch.full((), -LOG_AREA, dtype=normal.dtype), normal)
+        out = torch.where(self.is_hall, torch.full((), -self.camera.log_area, dtype=normal.dtype), normal)
         if self.mask_ is not None:
             out = torch.where(self.mask_, out, torch.zeros((), dtype=out.dtype))
         return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
@@ -365,7 +433,7 @@ def category_intensity(data, rates, hallucination, cats, active, vis, num_catego
 
 def model(data, num_objects, *, cats=None, active=None, locs=None, rates=None, hallucination=None,
           pixel_scale=None, mark_real=None, mark_hall=None, half_fov=None, pixel_noise=None,
-          num_categories=len(CATEGORIES),
+          num_categories=None,
           rate_prior_shape=None, rate_prior_rate=None, hall_prior_shape=None, hall_prior_rate=None,
           scale_prior_shape=None, scale_prior_rate=None, mark_concentration=None, count_prior_p=None):
     """The projective detector model over all videos (see the module docstring).
@@ -381,6 +449,10 @@ def model(data, num_objects, *, cats=None, active=None, locs=None, rates=None, h
         Fixed object locations (e.g. the ground truth); a latent site when ``None``.
     rates, hallucination : (C,), pixel_scale : float, mark_real, mark_hall : (C, B), optional
         Fixed parameters (fixed-V and lesioned modes); latent sites when ``None``.
+    half_fov : float or 0-dim tensor, optional
+        The camera's refined half field of view (default its nominal one; module docstring).
+    num_categories : int, optional
+        ``C``; default the data's (``data["category_names"]``, else 5).
     """
     opts = dict(rate_prior_shape=rate_prior_shape, rate_prior_rate=rate_prior_rate,
                 hall_prior_shape=hall_prior_shape, hall_prior_rate=hall_prior_rate,
@@ -390,9 +462,10 @@ def model(data, num_objects, *, cats=None, active=None, locs=None, rates=None, h
     dtype = centers.dtype
     V, T, D = centers.shape[:3]
     K = int(num_objects)
-    C = int(num_categories)
+    C = num_categories_of(data) if num_categories is None else int(num_categories)
     B = num_bins()
     noise = pixel_noise_of({"pixel_noise": pixel_noise})
+    camera = camera_of(data)
     cats, active = structure_of(data, K, cats, active)
     lo, hi, _ = box_bounds(data)
 
@@ -428,11 +501,11 @@ def model(data, num_objects, *, cats=None, active=None, locs=None, rates=None, h
     else:
         locs = torch.as_tensor(locs, dtype=dtype)
 
-    pix, vis = object_pixels(data, locs, HALF_FOV if half_fov is None else half_fov)   # (V,T,K,2), (V,T,K)
+    pix, vis = object_pixels(data, locs, half_fov)                              # (V,T,K,2), (V,T,K)
     lam_c = category_intensity(data, rates, hallucination, cats, active, vis, C)   # (V,T,C)
     lam = lam_c.sum(-1)                                                         # (V,T)
     logits = assignment_logits(data, rates, hallucination, cats, active, vis)   # (V,T,D,J)
-    pix_ext = torch.cat([pix.new_full((V, T, 1, 2), IMAGE_SIZE / 2), pix], 2)  # (V,T,J,2)
+    pix_ext = torch.cat([pix.new_full((V, T, 1, 2), camera.width / 2), pix], 2)  # (V,T,J,2) (0: unused)
     pix_b = pix_ext[:, :, None]                                                 # (V,T,1,J,2)
     o = data["categories"]
     mask = data["det_mask"]
@@ -449,7 +522,8 @@ def model(data, num_objects, *, cats=None, active=None, locs=None, rates=None, h
                 z = pyro.sample("z", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
                 loc = Vindex(pix_b)[..., z, :]
                 is_hall = z == 0
-                pyro.sample("u", PixelDetection(loc, pixel_scale, is_hall, mask, noise), obs=data["centers"])
+                pyro.sample("u", PixelDetection(loc, pixel_scale, is_hall, mask, noise, camera=camera),
+                            obs=data["centers"])
                 with poutine.mask(mask=mask):
                     pyro.sample("s", dist.Categorical(logits=torch.where(is_hall.unsqueeze(-1), hall, real)),
                                 obs=data["score_bins"])
@@ -495,10 +569,11 @@ def log_prior(values: dict, learned, active, data, **options) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- starting values
-def initialize(data, num_objects, generator, *, cats=None, active=None, locs=None, num_categories=len(CATEGORIES),
+def initialize(data, num_objects, generator, *, cats=None, active=None, locs=None, num_categories=None,
                **options):
     """Starting values for a known structure: every active slot on the ray of a random detection of its
-    category, at mid height of the room; the parameters at their prior means."""
+    category, at mid height of the room; the parameters at their prior means (``C`` default the data's)."""
+    num_categories = num_categories_of(data) if num_categories is None else num_categories
     V = data["cams"].shape[0]
     K = int(num_objects)
     cats, active = structure_of(data, K, cats, active)
@@ -509,14 +584,16 @@ def initialize(data, num_objects, generator, *, cats=None, active=None, locs=Non
         init = ((lo + hi) / 2).expand(V, K, 3).clone()
         for (v, k), (t, d) in random_detection_per_slot(data, cats, active, generator).items():
             init[v, k] = ray_at_mid_height(data["centers"][v, t, d], data["cams"][v, t], data["looks"][v, t],
-                                        lo, hi, options.get("half_fov") or HALF_FOV)
+                                        lo, hi, options.get("half_fov") or camera_of(data).half_fov,
+                                        camera_of(data))
         out["locs"] = init
     return out
 
 
-def ray_at_mid_height(pixels, cams, looks, lo, hi, half_fov=HALF_FOV):
-    """The point of each detection's viewing ray at the room's mid height (clamped into the room)."""
-    ray = pixel_to_ray(pixels, cams, looks, half_fov)
+def ray_at_mid_height(pixels, cams, looks, lo, hi, half_fov=None, camera=None):
+    """The point of each detection's viewing ray at the room's mid height (clamped into the room);
+    ``pixels`` (..., 2), ``cams``, ``looks`` (..., 3), ``half_fov`` and ``camera`` as in :func:`project`."""
+    ray = pixel_to_ray(pixels, cams, looks, half_fov, camera)
     y_mid = (lo[1] + hi[1]) / 2
     dy = ray[..., 1]
     t = torch.where(dy < -1e-6, (y_mid - cams[..., 1]) / dy.clamp_max(-1e-6), torch.full_like(dy, 3.0))
@@ -525,12 +602,22 @@ def ray_at_mid_height(pixels, cams, looks, lo, hi, half_fov=HALF_FOV):
 
 
 # --------------------------------------------------------------------------- the detector's parameters as JSON
-def params_to_json(values: dict) -> dict:
+def _names(C: int, names=None) -> list:
+    if names is not None:
+        names = list(names)
+        if len(names) != C:
+            raise DataError(f"{len(names)} category names for {C} categories")
+        return names
+    return list(CATEGORIES[:C]) if C <= len(CATEGORIES) else [f"category_{c}" for c in range(C)]
+
+
+def params_to_json(values: dict, names=None) -> dict:
     """V, ``sigma_px`` and the marks as JSON: ``{"detection_rate": {name: r}, "hallucination_rate":
     {name: h}, "pixel_scale": sigma, "score_bins": edges, "mark_real": {name: [B probs]},
-    "mark_hall": {name: [B probs]}}``."""
+    "mark_hall": {name: [B probs]}}``; ``names`` (C str): the data's category names (default the first
+    C legacy names, or ``category_<c>`` beyond five)."""
     C = values["rates"].shape[0]
-    names = CATEGORIES[:C]
+    names = _names(C, names)
     return {"detection_rate": {n: float(values["rates"][c]) for c, n in enumerate(names)},
             "hallucination_rate": {n: float(values["hallucination"][c]) for c, n in enumerate(names)},
             "pixel_scale": float(values["pixel_scale"]),
@@ -539,12 +626,15 @@ def params_to_json(values: dict) -> dict:
             "mark_hall": {n: [float(x) for x in values["mark_hall"][c]] for c, n in enumerate(names)}}
 
 
-def params_from_json(obj: dict, num_categories=len(CATEGORIES), dtype=torch.float64) -> dict:
-    """Inverse of :func:`params_to_json` (validated; :class:`DataError` on a bad field)."""
+def params_from_json(obj: dict, num_categories=None, dtype=torch.float64, names=None) -> dict:
+    """Inverse of :func:`params_to_json` (validated; :class:`DataError` on a bad field); ``names`` the
+    category names (default as in :func:`params_to_json`, ``C`` default 5 or ``len(names)``)."""
     if not isinstance(obj, dict):
         raise DataError("metacognition must be a JSON object with detection_rate, hallucination_rate, "
                         "pixel_scale, mark_real, mark_hall")
-    names = CATEGORIES[:num_categories]
+    if num_categories is None:
+        num_categories = len(CATEGORIES) if names is None else len(names)
+    names = _names(int(num_categories), names)
     out = {}
     try:
         for key, name in (("detection_rate", "rates"), ("hallucination_rate", "hallucination")):

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import torch
 
-from metagen_ppl.domain.camera import IMAGE_SIZE, camera_frame
-from metagen_ppl.domain.metagen_data import CATEGORIES
-from metagen_ppl.models.projective.generative import (HALF_FOV, IMPOSSIBLE, box_bounds, clamp_to_box, half_fov_of,
-                                                      hyperparameter, num_bins, object_pixels, structure_of)
+from metagen_ppl.domain.camera import DEFAULT_CAMERA, camera_frame
+from metagen_ppl.models.projective.generative import (IMPOSSIBLE, box_bounds, camera_of, clamp_to_box, half_fov_of,
+                                                      hyperparameter, num_bins, num_categories_of, object_pixels,
+                                                      structure_of)
 from metagen_ppl.models.projective.noise import GAUSSIAN, pixel_noise_of
 
 
 def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active=None, locs=None, rates=None,
                       hallucination=None, pixel_scale=None, mark_real=None, mark_hall=None,
-                      num_categories=len(CATEGORIES), **options):
+                      num_categories=None, **options):
     """MAP M-step in closed form for V, ``sigma_px`` and the marks, pooled over all videos.
 
     With ``g`` the posterior of ``z`` (``(V, T, D, K + 1)``) and ``vis`` the
@@ -27,19 +27,20 @@ def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active
     * ``q^real_c(b) propto sum_{detections of c in bin b} (1 - g_0) + alpha - 1``,
       ``q^hall_c(b) propto sum g_0 + alpha - 1``.
 
-    The locations are not updated here (no closed form through the projection).
+    The locations are not updated here (no closed form through the projection). ``C`` defaults to the
+    data's number of categories.
     """
     u = data["centers"]
     dtype = u.dtype
     V, T, D = u.shape[:3]
     K = int(num_objects)
-    C, B = int(num_categories), num_bins()
+    C, B = (num_categories_of(data) if num_categories is None else int(num_categories)), num_bins()
     cats, active = structure_of(data, K, cats, active)
     mask = data["det_mask"]
     g = marginals["z"].reshape(V, T, D, K + 1).to(dtype) * mask.unsqueeze(-1).to(dtype)
     L = params["locs"].to(dtype) if locs is None else torch.as_tensor(locs, dtype=dtype)
     half = params.get("half_fov", options.get("half_fov"))
-    pix, vis = object_pixels(data, L, HALF_FOV if half is None else half)
+    pix, vis = object_pixels(data, L, half)
     out = {}
     gk = g[..., 1:]
     nk = gk.sum((1, 2))                                                         # (V,K)
@@ -75,11 +76,12 @@ def camera_axes(data):
     return f, right, up
 
 
-def project_with_jacobian(mu, cams, f, right, up, half_fov=HALF_FOV, jacobian=True, R=None):
-    """Pixels ``(..., 2)``, depth and the Jacobian ``d pixel / d mu`` ``(..., 2, 3)``.
+def project_with_jacobian(mu, cams, f, right, up, half_fov=None, jacobian=True, R=None, camera=None):
+    """Pixels ``(..., 2)``, depth ``(...)`` and the Jacobian ``d pixel / d mu`` ``(..., 2, 3)``.
 
     ``mu`` broadcasts against the camera tensors (all ``(..., 3)``); ``R`` (optional,
-    ``(..., 3, 3)``) stacks the rows ``right, up, f``.
+    ``(..., 3, 3)``) stacks the rows ``right, up, f``; ``camera`` the camera model (default the shared
+    data's angle-linear camera) and ``half_fov`` its refined half field of view (default nominal).
     """
     s = mu - cams
     if R is None:
@@ -88,36 +90,38 @@ def project_with_jacobian(mu, cams, f, right, up, half_fov=HALF_FOV, jacobian=Tr
         z = (s * f).sum(-1)
     else:
         x, y, z = (R @ s.unsqueeze(-1)).squeeze(-1).unbind(-1)
-    k = IMAGE_SIZE / 2 / half_fov
-    px = IMAGE_SIZE / 2 + k * torch.atan2(x, z)
-    py = IMAGE_SIZE / 2 - k * torch.atan2(y, z)
+    camera = DEFAULT_CAMERA if camera is None else camera
+    px, py = camera.pixels(x, y, z, half_fov)
     if not jacobian:
         return torch.stack([px, py], -1), z, None
-    rx = (x * x + z * z).clamp_min(1e-12).unsqueeze(-1)
-    ry = (y * y + z * z).clamp_min(1e-12).unsqueeze(-1)
-    jx = k * (z.unsqueeze(-1) * right - x.unsqueeze(-1) * f) / rx
-    jy = -k * (z.unsqueeze(-1) * up - y.unsqueeze(-1) * f) / ry
+    jx, jy = camera.jacobian(x, y, z, f, right, up, half_fov)
     return torch.stack([px, py], -1), z, torch.stack([jx, jy], -2)
 
 
-def inside_image(pix, depth):
-    return ((pix >= 0) & (pix <= IMAGE_SIZE)).all(-1) & (depth > 0)
+def inside_image(pix, depth, camera=None):
+    """``(...)`` bool: pixels ``(..., 2)`` inside the ``camera``'s image (default 256 x 256) and ``depth > 0``."""
+    return (DEFAULT_CAMERA if camera is None else camera).inside(pix) & (depth > 0)
 
 
-def views_of(cams, f, right, up, half_fov=HALF_FOV):
-    """A bundle of cameras ``(N, A, 3)`` (positions and camera frames) with their half field of view."""
-    return {"cams": cams, "f": f, "right": right, "up": up, "half": half_fov, "R": torch.stack([right, up, f], -2)}
+def views_of(cams, f, right, up, half_fov=None, camera=None):
+    """A bundle of cameras ``(N, A, 3)`` (positions and camera frames) with their camera model and half
+    field of view (default the camera's nominal one)."""
+    camera = DEFAULT_CAMERA if camera is None else camera
+    half = camera.half_fov if half_fov is None else half_fov
+    return {"cams": cams, "f": f, "right": right, "up": up, "half": half, "camera": camera,
+            "R": torch.stack([right, up, f], -2)}
 
 
 def index_views(views, idx):
-    return {k: (x if k == "half" else x[idx]) for k, x in views.items()}
+    """The views ``idx`` of a bundle (:func:`views_of`)."""
+    return {k: (x if k in ("half", "camera") else x[idx]) for k, x in views.items()}
 
 
 def project_views(mu, views, jacobian=False):
     """Pixels ``(N, A, 2)``, depth ``(N, A)`` and (if asked) the Jacobian ``(N, A, 2, 3)`` of ``mu``
     (N, 3) in ``views``."""
     return project_with_jacobian(mu[:, None, :], views["cams"], views["f"], views["right"], views["up"],
-                                  views["half"], jacobian, views.get("R"))
+                                  views["half"], jacobian, views.get("R"), views.get("camera"))
 
 
 def location_objective(mu, u, g, views, rate, sigma, expo_views=None, expo_mask=None, noise=GAUSSIAN):
@@ -134,14 +138,14 @@ def location_objective(mu, u, g, views, rate, sigma, expo_views=None, expo_mask=
     (``log p``: the pixel ``noise`` without its constant terms; Gaussian: ``-|u - P(mu)|^2 / (2 sigma^2)``).
     """
     pix, depth, _ = project_views(mu, views)
-    vis = inside_image(pix, depth)
+    vis = inside_image(pix, depth, views.get("camera"))
     diff = u - pix.unsqueeze(2)
     fit = noise.expected_log_density(g, (diff * diff).sum(-1), sigma, dim=(-1, -2))
     zero = torch.zeros((), dtype=mu.dtype)
     bad = torch.where(vis, zero, g.sum(-1)).sum(-1) * (-IMPOSSIBLE)
     if expo_views is not None:
         epix, edepth, _ = project_views(mu, expo_views)
-        evis = inside_image(epix, edepth)
+        evis = inside_image(epix, edepth, expo_views.get("camera"))
     else:
         evis = vis
     if expo_mask is not None:
@@ -196,7 +200,8 @@ def object_batch(data, resp, cats, active, values, noise=GAUSSIAN):
     v, k = vk[:, 0], vk[:, 1]
     f, right, up = camera_axes(data)
     return v, k, dict(u=data["centers"][v], g=resp[v, :, :, k + 1],
-                      views=views_of(data["cams"][v], f[v], right[v], up[v], half_fov_of(values)),
+                      views=views_of(data["cams"][v], f[v], right[v], up[v], half_fov_of(values, camera_of(data)),
+                                     camera_of(data)),
                       expo_mask=data["frame_mask"][v],
                       rate=values["rates"][cats[v, k]], sigma=values["pixel_scale"].reshape(()), noise=noise)
 

@@ -17,7 +17,6 @@ from typing import Optional
 
 import torch
 
-from metagen_ppl.domain.metagen_data import CATEGORIES
 from metagen_ppl.engine.checkpoint import hash_tensors
 from metagen_ppl.engine.em import EMSteps, run_em
 from metagen_ppl.engine.enumeration import EnumeratedModel, EStep
@@ -27,8 +26,8 @@ from metagen_ppl.errors import DataError
 from metagen_ppl.models.detector.estep import detection_posterior
 from metagen_ppl.models.projective.births import BirthProposals
 from metagen_ppl.models.projective.estep import frame_terms, joint_log_terms, video_log_likelihood
-from metagen_ppl.models.projective.generative import (DEFAULTS, HALF_FOV, V_SITES, box_bounds, clamp_to_box,
-                                                      half_fov_of, log_prior, model, prior_params)
+from metagen_ppl.models.projective.generative import (DEFAULTS, V_SITES, box_bounds, camera_of, clamp_to_box,
+                                                      half_fov_of, log_prior, model, num_categories_of, prior_params)
 from metagen_ppl.models.projective.mstep import (camera_axes, index_views, views_of, closed_form_mstep,
                                                  gauss_newton_locations)
 from metagen_ppl.models.projective.noise import pixel_noise_of
@@ -59,14 +58,16 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
     State: ``values`` (``locs`` (V, K, 3), the detector's parameters ``rates``, ``hallucination``,
     ``pixel_scale``, ``mark_real``, ``mark_hall`` and ``half_fov``; ``learned`` says which the M-step
     updates), ``cats`` (V, K), ``active`` (V, K), ``birth_locs`` (where each slot's object was
-    proposed), ``history``, ``n_iter``.
+    proposed), ``history``, ``n_iter``. The camera and ``C`` are the data's (``num_categories``
+    overrides ``C``); ``half_fov`` starts at the camera's nominal value, ``fov_range`` (degrees)
+    defaults to its nominal field of view +- 10, and a camera with ``learn_fov`` False is not refined.
     """
 
     kind = "projective"
 
     def __init__(self, data, *, mode="learn", params=None, truth=None, max_objects=8, tol=1e-7, max_iter=200,
-                 gn_iters=6, half_fov=None, learn_fov=True, fov_range=(45.0, 65.0),
-                 location_step="gauss-newton", num_categories=len(CATEGORIES), **options):
+                 gn_iters=6, half_fov=None, learn_fov=True, fov_range=None,
+                 location_step="gauss-newton", num_categories=None, **options):
         if mode not in MODES:
             raise DataError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if location_step not in ("gauss-newton", "lbfgs"):
@@ -75,7 +76,8 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         self.data = data
         self.dtype = data["centers"].dtype
         self.V = data["cams"].shape[0]
-        self.C = int(num_categories)
+        self.C = num_categories_of(data) if num_categories is None else int(num_categories)
+        camera = camera_of(data)
         self.options = {k: v for k, v in options.items() if k in DEFAULTS}
         self.noise = pixel_noise_of(options)
         self.mode = mode
@@ -83,12 +85,15 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         self.lo, self.hi, self.log_vol = box_bounds(data)
         prior = prior_params(self.C, self.dtype, **self.options)
         self.values = dict(prior)
-        self.values["half_fov"] = torch.tensor(HALF_FOV if half_fov is None else float(half_fov), dtype=self.dtype)
+        self.values["half_fov"] = torch.tensor(camera.half_fov if half_fov is None else float(half_fov),
+                                               dtype=self.dtype)
         if mode == "fixed" and params is not None and params.get("half_fov") is not None and half_fov is None:
             self.values["half_fov"] = torch.as_tensor(params["half_fov"], dtype=self.dtype).reshape(())
-        self.learn_fov = bool(learn_fov) and mode != "fixed"
+        self.learn_fov = bool(learn_fov) and mode != "fixed" and camera.learn_fov
         self._fov_searched = False
         self._fov_moved = 0.0
+        if fov_range is None:      # the nominal field of view +- 10 degrees (45-65 for the shared data)
+            fov_range = (max(1.0, camera.fov_deg - 10.0), min(179.0, camera.fov_deg + 10.0))
         self.fov_range = tuple(math.radians(x / 2) for x in fov_range)
         if mode == "learn":
             self.learned = set(V_SITES)
@@ -145,7 +150,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         f, right, up = self.axes
         half = half_fov_of(self.values)
         return v, k, dict(u=grp["u"][gi].unsqueeze(2), g=g.unsqueeze(-1), views=index_views(grp["views"], gi),
-                          expo_views=views_of(self.data["cams"][v], f[v], right[v], up[v], half),
+                          expo_views=views_of(self.data["cams"][v], f[v], right[v], up[v], half, camera_of(self.data)),
                           expo_mask=self.data["frame_mask"][v], rate=self.values["rates"][self.cats[v, k]],
                           sigma=self.values["pixel_scale"].reshape(()), noise=self.noise)
 

@@ -18,7 +18,18 @@ def add_parser(sub, parents: dict):
                     "(V learned across videos), write DIR/world_states.json, DIR/metacognition.json, "
                     "DIR/metrics.json (frame category Jaccard per split vs the detector, the fitted-threshold "
                     "detector and the lesioned model) and PNGs of selected videos.")
-    p.add_argument("--data", "-d", required=True, help="MetaGen detection JSON file")
+    p.add_argument("--data", "-d", required=True,
+                   help="detection JSON file: the metagen-detections schema (README: 'Detection files') or the "
+                        "legacy list of videos")
+    p.add_argument("--categories", default=None, metavar="LABEL=NAME,...|FILE",
+                   help="the object categories and the detector labels that map to them, replacing the file's "
+                        "(e.g. 62=chair,64=plant; or a JSON file: a list of {name, labels}, a COCO categories "
+                        "list or annotation file, or {label: name}); other labels are dropped (default: the "
+                        "file's; legacy files: chair 62, plant 64, tv 72, umbrella 28, bowl 51)")
+    p.add_argument("--camera", default=None, metavar="MODEL:KEY=VALUE,...|FILE",
+                   help="the camera, replacing the file's: pinhole:fx=,fy=,cx=,cy=,width=,height= or "
+                        "angle-linear:fov_deg=,width=,height= (add learn_fov=false to keep it fixed), JSON, or "
+                        "a JSON file (default: the file's; legacy files: angle-linear 256x256, 55 degrees)")
     p.add_argument("--out", "-o", required=True, help="output directory")
     p.add_argument("--model", default="projective",
                    help="the video model: 'projective' or the path of a .py file with a variant of it "
@@ -79,7 +90,8 @@ def run(args) -> int:
                            mcmc_samples=args.mcmc_samples, mcmc_warmup=args.mcmc_warmup,
                            log=lambda m: print(m, file=sys.stderr, flush=True), num_threads=None,
                            checkpoint=not getattr(args, "no_checkpoint", False),
-                           resume=getattr(args, "resume", False), model=args.model)
+                           resume=getattr(args, "resume", False), model=args.model,
+                           categories=getattr(args, "categories", None), camera=getattr(args, "camera", None))
     except KeyboardInterrupt as e:
         detail = getattr(e, "detail", None) or "interrupted"
         print(f"metagen-ppl evaluate: {detail}", file=sys.stderr, flush=True)

@@ -15,7 +15,8 @@ import warnings
 from typing import Optional, Sequence
 
 from metagen_ppl import __version__
-from metagen_ppl.apps.cli import compare, compare_categories, demo, evaluate, fit, metacognition, simulate
+from metagen_ppl.apps.cli import (compare, compare_categories, convert_coco, demo, evaluate, fit, metacognition,
+                                  simulate)
 from metagen_ppl.apps.cli.common import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, Formatter, Parser,
                                          resolve_threads,
                                          UsageError, one_line, parent_parsers, say)
@@ -23,7 +24,7 @@ from metagen_ppl.errors import DataError, MetagenError
 from metagen_ppl.util import torch_threads
 
 #: The commands, in ``--help`` order: each module has ``add_parser(subparsers, parents)``.
-COMMANDS = (simulate, fit, demo, compare, metacognition, evaluate, compare_categories)
+COMMANDS = (simulate, fit, demo, compare, metacognition, evaluate, convert_coco, compare_categories)
 
 
 def build_parser() -> Parser:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from metagen_ppl.apps.plots import base
-from metagen_ppl.domain.camera import IMAGE_SIZE, project, visible
+from metagen_ppl.domain.camera import project, visible
 from metagen_ppl.domain.metagen_data import CATEGORIES
 from metagen_ppl.domain.scenes import SceneSet
 from metagen_ppl.io import atomic_savefig
@@ -211,11 +211,27 @@ def plot_scene_topview(path, scenes: SceneSet, index: int, *, inferred: Optional
 _VIDEO_COLORS = ["tab:blue", "tab:green", "tab:red", "tab:purple", "tab:orange"]
 
 
+def category_colors(n: int) -> list:
+    """``n`` distinct matplotlib colours: the five of the shared data's categories first, then ``tab20``'s
+    (and beyond 25 categories, evenly spaced hues)."""
+    if n <= len(_VIDEO_COLORS):
+        return _VIDEO_COLORS[:n]
+    from matplotlib import colormaps
+
+    extra = [colormaps["tab20"](i) for i in (1, 3, 5, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 0, 2, 4, 6, 8)]
+    out = _VIDEO_COLORS + extra
+    if n > len(out):
+        hsv = colormaps["hsv"]
+        out += [hsv(i / (n - len(out))) for i in range(n - len(out))]
+    return out[:n]
+
+
 def plot_video(path, video, objects, *, resp=None, title=None, half_fov=None, dpi: int = 100) -> str:
     """Every frame of ``video`` as an image panel: detections (colour = category, size = score,
     hollow where ``resp[t, d, 0] > 0.5``, i.e. called a hallucination), the true objects
     (circles) and the inferred ``objects`` (crosses, ``[(category, [x, y, z])]``) projected with
-    the data's camera (DESIGN.md; the metric's projection).
+    the video's camera (``video.camera``; DESIGN.md; the metric's projection), in its image size, with
+    the video's category names.
 
     Sized to be read in a report: a constrained layout keeps the title, the frame labels and the
     legend (below the frames) apart; text is at least 10 pt; written at ``dpi``."""
@@ -228,12 +244,16 @@ def plot_video(path, video, objects, *, resp=None, title=None, half_fov=None, dp
     fig.get_layout_engine().set(h_pad=0.06, w_pad=0.04, hspace=0.04, wspace=0.03)
     axes = np.atleast_1d(fig.subplots(nrow, ncol)).reshape(-1)
 
+    camera = video.camera
+    names = list(video.category_names)
+    colors = category_colors(len(names))
+
     def proj(pos):
         if len(pos) == 0:
             return np.zeros((T, 0, 2)), np.zeros((T, 0), dtype=bool)
         p, d = project(torch.as_tensor(pos, dtype=video.cams.dtype).unsqueeze(0), video.cams.unsqueeze(1),
-                       video.looks.unsqueeze(1))
-        return p.numpy(), visible(p, d).numpy()
+                       video.looks.unsqueeze(1), camera)
+        return p.numpy(), visible(p, d, camera).numpy()
 
     tp, tv = proj(video.gt_positions.tolist() if video.has_ground_truth else [])
     tc = video.gt_categories.tolist() if video.has_ground_truth else []
@@ -246,8 +266,8 @@ def plot_video(path, video, objects, *, resp=None, title=None, half_fov=None, dp
         if t >= T:
             ax.axis("off")
             continue
-        ax.set_xlim(0, IMAGE_SIZE)
-        ax.set_ylim(IMAGE_SIZE, 0)
+        ax.set_xlim(0, camera.width)
+        ax.set_ylim(camera.height, 0)
         ax.set_aspect("equal")
         det = video.detections[t]
         for i in range(len(det)):
@@ -255,21 +275,20 @@ def plot_video(path, video, objects, *, resp=None, title=None, half_fov=None, dp
             x, y = det.centers[i].tolist()
             s = 20 + 90 * float(det.scores[i])
             hall = resp is not None and float(resp[t, i, 0]) > 0.5
-            ax.scatter([x], [y], s=s, facecolors="none" if hall else _VIDEO_COLORS[c], edgecolors=_VIDEO_COLORS[c],
+            ax.scatter([x], [y], s=s, facecolors="none" if hall else colors[c], edgecolors=colors[c],
                        linewidths=1.2, alpha=0.85)
         for k, c in enumerate(tc):
             if tv[t, k]:
-                ax.scatter([tp[t, k, 0]], [tp[t, k, 1]], s=300, facecolors="none", edgecolors=_VIDEO_COLORS[c],
+                ax.scatter([tp[t, k, 0]], [tp[t, k, 1]], s=300, facecolors="none", edgecolors=colors[c],
                            linewidths=2.0)
         for k, c in enumerate(ic):
             if iv[t, k]:
-                ax.scatter([ip[t, k, 0]], [ip[t, k, 1]], s=140, marker="x", color=_VIDEO_COLORS[c], linewidths=2.4)
+                ax.scatter([ip[t, k, 0]], [ip[t, k, 1]], s=140, marker="x", color=colors[c], linewidths=2.4)
         ax.set_title(f"frame {t}", fontsize=10, pad=3)
-    handles = [Line2D([], [], ls="none", marker="o", ms=8, color=_VIDEO_COLORS[c], label=n)
-               for c, n in enumerate(CATEGORIES)]
+    handles = [Line2D([], [], ls="none", marker="o", ms=8, color=colors[c], label=n) for c, n in enumerate(names)]
     handles += [Line2D([], [], ls="none", marker="o", ms=14, mfc="none", mec="0.3", mew=2.0, label="truth"),
                 Line2D([], [], ls="none", marker="x", ms=10, color="0.3", mew=2.4, label="inferred")]
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=10, frameon=False,
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 9), fontsize=10, frameon=False,
                title="dots: detections (colour = category, size = score, hollow = called a hallucination); "
                      "circles: true objects; x: inferred objects", title_fontsize=10)
     fig.suptitle(title or f"video {video.path}", fontsize=13)
