@@ -7,10 +7,87 @@ from __future__ import annotations
 import torch
 
 from metagen_ppl.domain.camera import DEFAULT_CAMERA, camera_frame
-from metagen_ppl.models.projective.generative import (IMPOSSIBLE, box_bounds, camera_of, clamp_to_box, half_fov_of,
-                                                      hyperparameter, num_bins, num_categories_of, object_pixels,
-                                                      structure_of)
+from metagen_ppl.models.projective.generative import (IMPOSSIBLE, V_SITES, box_bounds, camera_of, clamp_to_box,
+                                                      half_fov_of, hyperparameter, num_bins, num_categories_of,
+                                                      object_pixels, structure_of)
 from metagen_ppl.models.projective.noise import GAUSSIAN, pixel_noise_of
+
+
+def sufficient_statistics(data, marginals, params, num_objects, *, cats=None, active=None, locs=None,
+                          num_categories=None, **options) -> dict:
+    """Expected sufficient statistics of V, ``sigma_px`` and the marks, summed over the videos of ``data``.
+
+    With ``g`` the posterior of ``z`` (``(V, T, D, K + 1)``), ``vis`` the visibility at the current
+    locations and ``w`` the pixel noise's weights at the current ``sigma_px`` (1 for the Gaussian):
+
+    * ``rate_counts`` (C,): ``sum_{objects of c} sum g``; ``rate_exposure`` (C,): ``sum_{objects of c} #visible frames``;
+    * ``hall_counts`` (C,): ``sum_{detections of c} g_0``; ``frames`` (): the number of frames;
+    * ``scale_ss`` (): ``sum_k g_k w |u - P(mu_k)|^2``; ``scale_g`` (): ``sum_k g_k``;
+    * ``mark_real`` (C, B): ``sum_{detections of c in bin b} (1 - g_0)``; ``mark_hall`` (C, B): ``sum g_0``.
+
+    They are additive over videos; :func:`mstep_from_statistics` turns them into the MAP M-step
+    (:func:`closed_form_mstep` is the composition of the two).
+    """
+    u = data["centers"]
+    dtype = u.dtype
+    V, T, D = u.shape[:3]
+    K = int(num_objects)
+    C, B = (num_categories_of(data) if num_categories is None else int(num_categories)), num_bins()
+    cats, active = structure_of(data, K, cats, active)
+    mask = data["det_mask"]
+    g = marginals["z"].reshape(V, T, D, K + 1).to(dtype) * mask.unsqueeze(-1).to(dtype)
+    L = params["locs"].to(dtype) if locs is None else torch.as_tensor(locs, dtype=dtype)
+    half = params.get("half_fov", options.get("half_fov"))
+    pix, vis = object_pixels(data, L, half)
+    gk = g[..., 1:]
+    nk = gk.sum((1, 2))                                                         # (V,K)
+    expo = (vis & active[:, None, :]).to(dtype).sum(1)                          # (V,K)
+    out = {"rate_counts": torch.zeros(C, dtype=dtype).index_add_(0, cats.reshape(-1), (nk * active).reshape(-1)),
+           "rate_exposure": torch.zeros(C, dtype=dtype).index_add_(0, cats.reshape(-1), expo.reshape(-1)),
+           "hall_counts": torch.zeros(C, dtype=dtype).index_add_(0, data["categories"].reshape(-1),
+                                                                  g[..., 0].reshape(-1)),
+           "frames": data["frame_mask"].sum().to(dtype)}
+    diff = u.unsqueeze(-2) - pix.unsqueeze(2)                                   # (V,T,D,K,2)
+    out["scale_ss"], out["scale_g"] = pixel_noise_of(options).scale_statistics(gk, (diff * diff).sum(-1),
+                                                                               params["pixel_scale"])
+    flat = (data["categories"] * B + data["score_bins"]).reshape(-1)
+    for name, w in (("mark_real", gk.sum(-1)), ("mark_hall", g[..., 0])):
+        out[name] = torch.zeros(C * B, dtype=dtype).index_add_(0, flat, w.reshape(-1)).reshape(C, B)
+    return out
+
+
+def mstep_from_statistics(stats: dict, count=1.0, *, sites=None, **options) -> dict:
+    """The MAP M-step of V, ``sigma_px`` and the marks from statistics ``count * stats``.
+
+    ``stats`` as :func:`sufficient_statistics` returns them (summed over videos; or their running
+    average over ``count`` videos, as in online EM). With the priors of :data:`~metagen_ppl.models.projective.generative.DEFAULTS`:
+
+    * ``r_c = (n r_counts_c + a_r - 1) / (n r_exposure_c + b_r)``;
+    * ``h_c = (n hall_counts_c + a_h - 1) / (n frames + b_h)``;
+    * ``sigma_px^2 = (n scale_ss + 2 b_s) / (2 n scale_g + 2 a_s + 1)``;
+    * ``q_c(b) propto n counts_c(b) + alpha - 1`` for both marks;
+
+    with ``n = count``. ``sites``: the names to compute (default all of
+    :data:`~metagen_ppl.models.projective.generative.V_SITES`).
+    """
+    sites = V_SITES if sites is None else tuple(sites)
+    n = float(count)
+    out = {}
+    if "rates" in sites:
+        a, b = hyperparameter(options, "rate_prior_shape"), hyperparameter(options, "rate_prior_rate")
+        out["rates"] = ((n * stats["rate_counts"] + a - 1) / (n * stats["rate_exposure"] + b)).clamp_min(1e-9)
+    if "hallucination" in sites:
+        a, b = hyperparameter(options, "hall_prior_shape"), hyperparameter(options, "hall_prior_rate")
+        out["hallucination"] = ((n * stats["hall_counts"] + a - 1) / (n * stats["frames"] + b)).clamp_min(1e-9)
+    if "pixel_scale" in sites:
+        a, b = hyperparameter(options, "scale_prior_shape"), hyperparameter(options, "scale_prior_rate")
+        out["pixel_scale"] = ((n * stats["scale_ss"] + 2 * b) / (2 * (n * stats["scale_g"]) + 2 * a + 1)).sqrt()
+    alpha = hyperparameter(options, "mark_concentration")
+    for name in ("mark_real", "mark_hall"):
+        if name in sites:
+            cnt = (n * stats[name] + alpha - 1).clamp_min(1e-12)
+            out[name] = cnt / cnt.sum(-1, keepdim=True)
+    return out
 
 
 def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active=None, locs=None, rates=None,
@@ -27,47 +104,15 @@ def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active
     * ``q^real_c(b) propto sum_{detections of c in bin b} (1 - g_0) + alpha - 1``,
       ``q^hall_c(b) propto sum g_0 + alpha - 1``.
 
+    It is :func:`mstep_from_statistics` of :func:`sufficient_statistics` for the sites not given.
     The locations are not updated here (no closed form through the projection). ``C`` defaults to the
     data's number of categories.
     """
-    u = data["centers"]
-    dtype = u.dtype
-    V, T, D = u.shape[:3]
-    K = int(num_objects)
-    C, B = (num_categories_of(data) if num_categories is None else int(num_categories)), num_bins()
-    cats, active = structure_of(data, K, cats, active)
-    mask = data["det_mask"]
-    g = marginals["z"].reshape(V, T, D, K + 1).to(dtype) * mask.unsqueeze(-1).to(dtype)
-    L = params["locs"].to(dtype) if locs is None else torch.as_tensor(locs, dtype=dtype)
-    half = params.get("half_fov", options.get("half_fov"))
-    pix, vis = object_pixels(data, L, half)
-    out = {}
-    gk = g[..., 1:]
-    nk = gk.sum((1, 2))                                                         # (V,K)
-    if rates is None:
-        a, b = hyperparameter(options, "rate_prior_shape"), hyperparameter(options, "rate_prior_rate")
-        expo = (vis & active[:, None, :]).to(dtype).sum(1)                      # (V,K)
-        n_c = torch.zeros(C, dtype=dtype).index_add_(0, cats.reshape(-1), (nk * active).reshape(-1))
-        e_c = torch.zeros(C, dtype=dtype).index_add_(0, cats.reshape(-1), expo.reshape(-1))
-        out["rates"] = ((n_c + a - 1) / (e_c + b)).clamp_min(1e-9)
-    if hallucination is None:
-        a, b = hyperparameter(options, "hall_prior_shape"), hyperparameter(options, "hall_prior_rate")
-        n_h = torch.zeros(C, dtype=dtype).index_add_(0, data["categories"].reshape(-1), g[..., 0].reshape(-1))
-        frames = data["frame_mask"].sum().to(dtype)
-        out["hallucination"] = ((n_h + a - 1) / (frames + b)).clamp_min(1e-9)
-    if pixel_scale is None:
-        a, b = hyperparameter(options, "scale_prior_shape"), hyperparameter(options, "scale_prior_rate")
-        diff = u.unsqueeze(-2) - pix.unsqueeze(2)                               # (V,T,D,K,2)
-        out["pixel_scale"] = pixel_noise_of(options).scale_mstep(gk, (diff * diff).sum(-1), params["pixel_scale"],
-                                                                 a, b)
-    alpha = hyperparameter(options, "mark_concentration")
-    flat = (data["categories"] * B + data["score_bins"]).reshape(-1)
-    for name, w, given in (("mark_real", gk.sum(-1), mark_real), ("mark_hall", g[..., 0], mark_hall)):
-        if given is None:
-            cnt = torch.zeros(C * B, dtype=dtype).index_add_(0, flat, w.reshape(-1)).reshape(C, B) + alpha - 1
-            cnt = cnt.clamp_min(1e-12)
-            out[name] = cnt / cnt.sum(-1, keepdim=True)
-    return out
+    given = {"rates": rates, "hallucination": hallucination, "pixel_scale": pixel_scale, "mark_real": mark_real,
+             "mark_hall": mark_hall}
+    stats = sufficient_statistics(data, marginals, params, num_objects, cats=cats, active=active, locs=locs,
+                                  num_categories=num_categories, **options)
+    return mstep_from_statistics(stats, 1.0, sites=[k for k in V_SITES if given[k] is None], **options)
 
 
 # --------------------------------------------------------------------------- locations

@@ -50,6 +50,11 @@ class PixelNoise:
         terms = g * self.log_density(sq, scale)
         return terms.sum(dim) if dim is not None else terms.sum()
 
+    def scale_statistics(self, g: torch.Tensor, sq: torch.Tensor, scale: torch.Tensor):
+        """``(sum g w sq, sum g)``: the statistics of :meth:`scale_mstep` (weights ``w`` at ``scale``)."""
+        w = self.weights(sq, scale)
+        return ((g * sq).sum() if w is None else (g * w * sq).sum()), g.sum()
+
     def scale_mstep(self, g: torch.Tensor, sq: torch.Tensor, scale: torch.Tensor, shape: float, rate: float):
         """MAP update of ``sigma`` given responsibilities ``g`` and squared residuals ``sq`` (same shape),
         under ``sigma^2 ~ InverseGamma(shape, rate)``: ``sigma^2 = (sum g w sq + 2 rate) / (2 sum g + 2 shape + 1)``

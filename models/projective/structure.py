@@ -252,6 +252,30 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         if move_locations and bool(self.active.any()):
             self._location_mstep(resp)
 
+    def fov_profile(self, h, move_locations=True, resp=None, batch=None):
+        """The log likelihood of every video (summed) at half field of view ``h`` (radians), with the
+        objects re-placed by Gauss-Newton on Q at that ``h`` (kept where they are when
+        ``move_locations`` is False): ``(value, locations of the active objects (N, 3))``. ``resp``
+        defaults to the current E-step's."""
+        if batch is None:
+            if resp is None:
+                _, _, resp, _, _ = self.estep()
+            batch = self._compact_batch(resp)
+        v, k, kw = batch
+        mu0 = self.values["locs"][v, k]
+        half = torch.as_tensor(h, dtype=self.dtype)
+        args = dict(kw, views=dict(kw["views"], half=half))
+        if kw.get("expo_views") is not None:
+            args["expo_views"] = dict(kw["expo_views"], half=half)
+        mu = mu0
+        if move_locations:
+            mu, _ = gauss_newton_locations(mu0, lo=self.lo, hi=self.hi, iters=4, **args)
+        locs = self.values["locs"].clone()
+        locs[v, k] = mu
+        ll, _ = video_log_likelihood(self.data, dict(self.values, locs=locs, half_fov=half), self.cats,
+                                     self.active, self.C, self.noise)
+        return float(ll.sum()), mu
+
     def fov_mstep(self, resp, move_locations=True, evals=12, local=False):
         """Conditional maximisation of the log marginal likelihood over the field of view
         (ECME): for each candidate value the locations are re-fitted by Gauss-Newton on Q
@@ -263,21 +287,9 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         image border in a frame where it holds responsibility, which Q punishes with
         IMPOSSIBLE although the likelihood barely changes.)"""
         v, k, kw = self._compact_batch(resp)
-        mu0 = self.values["locs"][v, k]
 
         def profile(h):
-            half = torch.as_tensor(h, dtype=self.dtype)
-            args = dict(kw, views=dict(kw["views"], half=half))
-            if kw.get("expo_views") is not None:
-                args["expo_views"] = dict(kw["expo_views"], half=half)
-            mu = mu0
-            if move_locations:
-                mu, _ = gauss_newton_locations(mu0, lo=self.lo, hi=self.hi, iters=4, **args)
-            locs = self.values["locs"].clone()
-            locs[v, k] = mu
-            ll, _ = video_log_likelihood(self.data, dict(self.values, locs=locs, half_fov=half), self.cats,
-                                         self.active, self.C, self.noise)
-            return float(ll.sum()), mu
+            return self.fov_profile(h, move_locations, resp, (v, k, kw))
 
         cur_h = float(self.values["half_fov"])
         cur_val, cur_mu = profile(cur_h)
