@@ -8,6 +8,7 @@ The generative story is in :mod:`.generative`. The package is the model's hooks
 :mod:`.mstep`       ``closed_form_mstep``: locations, noise and V from expected counts
 :mod:`.structure`   the structure moves and scores (:class:`DetectorSearch`) for the engine's search
 :mod:`.fit`         :func:`fit_metacognition`: V across scenes, objects per scene
+:mod:`.online`      :func:`fit_metacognition_online`: V learned as the scenes arrive (stepwise EM)
 :mod:`.simulate`    ``simulate`` and ``data_from_json`` (the multi-scene JSON format)
 :mod:`.comparison`  ``prepare_comparison`` for ``metagen-ppl compare``
 """
@@ -20,7 +21,8 @@ from metagen_ppl.models.detector.generative import (COMPONENT_SITES, DEFAULT_BOX
                                                     DetectionLocation, assignment_logits, category_intensity,
                                                     check_structure, check_V, initialize, log_prior, model,
                                                     prior_mean_V, random_detection_per_slot)
-from metagen_ppl.models.detector.mstep import closed_form_mstep
+from metagen_ppl.models.detector.mstep import closed_form_mstep, mstep_from_statistics, sufficient_statistics
+from metagen_ppl.models.detector.online import MetacognitionOnlineResult, fit_metacognition_online
 from metagen_ppl.models.detector.simulate import coco_id, data_from_json, simulate
 from metagen_ppl.models.detector.structure import (DetectorSearch, active_slots_first, compact_structure,
                                                    structure_log_score, structure_penalty)
@@ -29,6 +31,7 @@ __all__ = ["COMPARE_BUDGET", "COMPARE_SIMULATION", "prepare_comparison", "compon
            "frame_terms", "joint_log_terms", "scene_log_likelihood", "MetacognitionResult", "fit_metacognition",
            "COMPONENT_SITES", "DEFAULT_BOX", "DEFAULTS", "IMPOSSIBLE", "LOCATION_SITE", "DetectionLocation",
            "assignment_logits", "category_intensity", "check_structure", "check_V", "initialize", "log_prior",
-           "model", "prior_mean_V", "random_detection_per_slot", "closed_form_mstep", "coco_id", "data_from_json",
+           "model", "prior_mean_V", "random_detection_per_slot", "closed_form_mstep", "mstep_from_statistics",
+           "sufficient_statistics", "MetacognitionOnlineResult", "fit_metacognition_online", "coco_id", "data_from_json",
            "simulate", "DetectorSearch", "active_slots_first", "compact_structure", "structure_log_score",
            "structure_penalty"]

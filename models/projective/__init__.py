@@ -10,6 +10,7 @@ The generative story is in :mod:`.generative`. The package is the model's hooks
 :mod:`.births`      birth proposals: candidates triangulated from unexplained detections
 :mod:`.structure`   :class:`ProjectiveSearch`: the continuous phase, deaths, state (for the engine's search)
 :mod:`.fit`         :func:`fit_videos` and its :class:`VideoFitResult`
+:mod:`.online`      :func:`fit_videos_online`: V learned as the videos arrive (stepwise EM)
 :mod:`.simulate`    ``simulate``, ``simulate_file``: videos in the MetaGen detection format (any camera)
 :mod:`.nuts`        :func:`nuts_locations`: NUTS over one video's object locations
 :mod:`.comparison`  ``prepare_comparison`` for ``metagen-ppl compare``
@@ -25,8 +26,9 @@ from metagen_ppl.models.projective.generative import (COMPONENT_SITES, DEFAULTS,
                                                       params_to_json, pixel_to_ray, prior_params, project,
                                                       score_bins, select_videos)
 from metagen_ppl.models.projective.mstep import (closed_form_mstep, gauss_newton_locations, location_mstep,
-                                                 location_objective)
+                                                 location_objective, mstep_from_statistics, sufficient_statistics)
 from metagen_ppl.models.projective.nuts import nuts_locations
+from metagen_ppl.models.projective.online import OnlineVideoResult, fit_videos_online
 from metagen_ppl.models.projective.occam import location_hessian, log_occam, object_occam, structure_penalty
 from metagen_ppl.models.projective.simulate import simulate, simulate_file
 from metagen_ppl.models.projective.structure import MODES, ProjectiveSearch
@@ -37,5 +39,6 @@ __all__ = ["COMPARE_BUDGET", "COMPARE_SIMULATION", "prepare_comparison", "estep"
            "assignment_logits", "category_intensity", "data_from_videos", "initialize", "log_prior", "model",
            "num_bins", "object_pixels", "params_from_json", "params_to_json", "pixel_to_ray", "prior_params",
            "project", "score_bins", "select_videos", "closed_form_mstep", "gauss_newton_locations",
-           "location_mstep", "location_objective", "nuts_locations", "location_hessian", "log_occam",
+           "location_mstep", "location_objective", "mstep_from_statistics", "sufficient_statistics", "nuts_locations",
+           "OnlineVideoResult", "fit_videos_online", "location_hessian", "log_occam",
            "object_occam", "structure_penalty", "simulate", "simulate_file", "MODES", "ProjectiveSearch"]
