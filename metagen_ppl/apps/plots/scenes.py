@@ -235,6 +235,7 @@ def plot_video(path, video, objects, *, resp=None, title=None, half_fov=None, dp
 
     Sized to be read in a report: a constrained layout keeps the title, the frame labels and the
     legend (below the frames) apart; text is at least 10 pt; written at ``dpi``."""
+    from matplotlib.colors import to_rgba_array
     from matplotlib.lines import Line2D
 
     T = video.num_frames
@@ -247,6 +248,7 @@ def plot_video(path, video, objects, *, resp=None, title=None, half_fov=None, dp
     camera = video.camera
     names = list(video.category_names)
     colors = category_colors(len(names))
+    rgba = to_rgba_array(colors, alpha=0.85)                  # the detections' colours (alpha 0.85)
 
     def proj(pos):
         if len(pos) == 0:
@@ -269,21 +271,25 @@ def plot_video(path, video, objects, *, resp=None, title=None, half_fov=None, dp
         ax.set_xlim(0, camera.width)
         ax.set_ylim(camera.height, 0)
         ax.set_aspect("equal")
+        # one collection per kind of mark and frame (not one per mark): the same picture, drawn faster
         det = video.detections[t]
-        for i in range(len(det)):
-            c = int(det.categories[i])
-            x, y = det.centers[i].tolist()
-            s = 20 + 90 * float(det.scores[i])
-            hall = resp is not None and float(resp[t, i, 0]) > 0.5
-            ax.scatter([x], [y], s=s, facecolors="none" if hall else colors[c], edgecolors=colors[c],
-                       linewidths=1.2, alpha=0.85)
-        for k, c in enumerate(tc):
-            if tv[t, k]:
-                ax.scatter([tp[t, k, 0]], [tp[t, k, 1]], s=300, facecolors="none", edgecolors=colors[c],
-                           linewidths=2.0)
-        for k, c in enumerate(ic):
-            if iv[t, k]:
-                ax.scatter([ip[t, k, 0]], [ip[t, k, 1]], s=140, marker="x", color=colors[c], linewidths=2.4)
+        if len(det):
+            cats = [int(c) for c in det.categories.tolist()]
+            edge = rgba[cats]
+            face = edge.copy()
+            if resp is not None:                                          # hollow: called a hallucination
+                face[np.asarray(resp[t, :len(det), 0], dtype=float) > 0.5] = 0.0
+            xy = np.asarray(det.centers, dtype=float)
+            ax.scatter(xy[:, 0], xy[:, 1], s=20 + 90 * np.asarray(det.scores, dtype=float), facecolors=face,
+                       edgecolors=edge, linewidths=1.2)
+        seen = [k for k in range(len(tc)) if tv[t, k]]
+        if seen:
+            ax.scatter(tp[t, seen, 0], tp[t, seen, 1], s=300, facecolors="none",
+                       edgecolors=[colors[tc[k]] for k in seen], linewidths=2.0)
+        seen = [k for k in range(len(ic)) if iv[t, k]]
+        if seen:
+            ax.scatter(ip[t, seen, 0], ip[t, seen, 1], s=140, marker="x", color=[colors[ic[k]] for k in seen],
+                       linewidths=2.4)
         ax.set_title(f"frame {t}", fontsize=10, pad=3)
     handles = [Line2D([], [], ls="none", marker="o", ms=8, color=colors[c], label=n) for c, n in enumerate(names)]
     handles += [Line2D([], [], ls="none", marker="o", ms=14, mfc="none", mec="0.3", mew=2.0, label="truth"),
@@ -292,5 +298,5 @@ def plot_video(path, video, objects, *, resp=None, title=None, half_fov=None, dp
                title="dots: detections (colour = category, size = score, hollow = called a hallucination); "
                      "circles: true objects; x: inferred objects", title_fontsize=10)
     fig.suptitle(title or f"video {video.path}", fontsize=13)
-    base.save(fig, path, dpi=dpi)
+    base.save(fig, path, dpi=dpi, tight=False)    # the constrained layout keeps everything inside: one draw
     return path
