@@ -24,8 +24,13 @@ the model's own model selection -- and writes to ``out_dir``:
     the score marks at their prior means; ``sigma_px`` and the field of view are
     still learned: they describe the localisation noise and the camera, not the
     metacognition); the box similarity likewise when the data has
-    ``labels2D``; per-video scores; timings (``fit_and_score_s``: fitting and
-    scoring our method; ``wall_time_s``: the whole command);
+    ``labels2D``; per-video scores; timings in seconds (``load_s``: reading the file;
+    ``em_fit_s``, ``lesioned_fit_s``, ``ground_truth_V_s``: each fit, the last two in the second
+    process when ``jobs`` is 2, at the same time as the first; ``worker_wait_s``: waiting for them;
+    ``score_s`` and ``metrics_s``: scoring; ``plots_s``; ``write_s``: the JSON outputs;
+    ``fit_and_score_s``: fitting and scoring our method; ``wall_time_s``: the whole run, from
+    reading the file) and the run's ``jobs``, ``threads`` (per process) and ``second_process``
+    (``"fork"``, ``"spawn"`` or ``null``);
 ``plots/video_<path>.png``
     for ``plots`` selected videos: every frame with its detections (coloured by
     category, size by score, hollow when the fit calls them hallucinations),
@@ -64,13 +69,18 @@ Methods (``method``)
 ``"train"`` learns V (with ``sigma_px``, the marks and the field of view) on
 videos 1-50 only and keeps it fixed for videos 51-100.
 
-Speed: one batched fit of all videos; on the shared data (100 videos x 20
-frames, 2 cores) EM fits and scores one detector's file in about 4-8 s.
-The run uses one torch thread by default (``num_threads``).
+Speed: one batched fit of all videos. On the shared data (100 videos x 20 frames, 2 cores)
+each fit takes one core: ours (a structure search) about 8-9 s, the lesioned model's (another
+search) about 8-9 s and the ground-truth V's (the objects fixed) about 1 s; with ``jobs`` 2
+(the default where it pays) the last two run in a second process at the same time as ours, so
+the whole run takes about the time of one search plus the imports and the plot
+(``comparisons/bench_evaluate.py`` prints every stage). The run uses one torch thread per
+process by default (``num_threads``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -81,8 +91,8 @@ import torch
 
 from metagen_ppl.domain.metagen_data import batch_videos, load_videos
 from metagen_ppl.domain.metrics import detector_baselines, split_means, world_state_frame_scores
-from metagen_ppl.apps.video_fits import (Units, fit_em_units, fit_mcmc_units, fit_svi_units, fit_unit, meta_json,
-                                         progress_bar, video_model)
+from metagen_ppl.apps.video_fits import (SecondProcess, SideJob, Units, fit_em_units, fit_mcmc_units, fit_svi_units,
+                                         meta_json, progress_bar, resolve_jobs, side_fit, video_model)
 from metagen_ppl.engine.checkpoint import Checkpoint, CheckpointError, hash_file, hash_tensors
 from metagen_ppl.errors import DataError, MetagenError
 from metagen_ppl.io import atomic_write_json, load_json
@@ -135,10 +145,10 @@ def _plot_indices(n: int, total: int) -> list:
 
 # --------------------------------------------------------------------------- main entry
 def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed: int = 0, progress: bool = True,
-             plots: int = 3, lesioned: bool = True, ground_truth_V: bool = True, max_objects: int = 8,
+             plots: int = 1, lesioned: bool = True, ground_truth_V: bool = True, max_objects: int = 8,
              svi_steps: int = 300, svi_lr: float = 0.01, mcmc_videos: int = 3, mcmc_samples: int = 100,
              mcmc_warmup: int = 100, log=None, num_threads: Optional[int] = 1, checkpoint: bool = True,
-             resume: bool = False, model="projective", categories=None, camera=None) -> dict:
+             resume: bool = False, model="projective", categories=None, camera=None, jobs="auto") -> dict:
     """Fit every video of a MetaGen detection file and write world states, V and metrics.
 
     Parameters
@@ -156,7 +166,7 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
     progress : bool
         Progress bars (per video) on stderr.
     plots : int
-        Number of videos (evenly spread over the file) to draw.
+        Number of videos (evenly spread over the file) to draw (about 0.7 s each on the shared data).
     lesioned, ground_truth_V : bool
         Also fit the lesioned model / compute V from the ground truth (when the file has it).
     max_objects : int
@@ -177,9 +187,21 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
     log : callable, optional
         Receives one-line status messages.
     num_threads : int or None
-        torch intra-op threads during the run (restored afterwards); default 1: the work is
-        many small tensor operations, and on a shared 2-core machine two threads were measured
-        3-7x slower than one (they contend with other processes). ``None`` keeps torch's setting.
+        torch intra-op threads during the run (restored afterwards), in each process; default 1: the
+        work is many small tensor operations, and on a shared 2-core machine two threads were measured
+        3-7x slower than one (they contend with other processes); the thread count also changes the
+        last bits of the fits. ``None`` keeps torch's setting.
+    jobs : "auto" or int
+        Processes: ``1`` fits everything here, one fit after the other; ``2`` fits the lesioned model
+        and the ground-truth V in a second process while this one fits ours (they do not depend on it)
+        and draws the plots; the results are the same (bit for bit, with the same ``num_threads``).
+        ``"auto"`` (default) is 2 when there is such a fit, the machine has 2 cores or more and the
+        file has at least :data:`metagen_ppl.apps.video_fits.SECOND_PROCESS_FROM` frames (videos x
+        frames; below that every fit takes a second or two and one process is simpler), else 1. The
+        second process is a fork on Linux with one thread (it starts at once), else spawned (a fresh
+        interpreter: its imports take 2-3 s); it ignores Ctrl-C, is stopped when this run ends or
+        fails, and keeps its checkpoints like every unit. A ``model`` given as an object (not a name
+        or a path) runs in one process.
     checkpoint : bool
         Keep every unit of work in ``out_dir/checkpoints/`` as soon as it is done (atomically):
         each structure-search fit after every round, each SVI run and each MCMC video when
@@ -210,7 +232,7 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
                     progress=progress, plots=plots, lesioned=lesioned, ground_truth_V=ground_truth_V,
                     max_objects=max_objects, svi_steps=svi_steps, svi_lr=svi_lr, mcmc_videos=mcmc_videos,
                     mcmc_samples=mcmc_samples, mcmc_warmup=mcmc_warmup, log=log, categories=categories,
-                    camera=camera)
+                    camera=camera, model=model, jobs=jobs)
     previous = None
     if num_threads is not None:
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
@@ -218,7 +240,8 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
         previous = torch.get_num_threads()
         torch.set_num_threads(num_threads)
     try:
-        return _evaluate(spec, units, **settings)
+        with contextlib.ExitStack() as cleanup:   # stops the second process, if any, on every way out
+            return _evaluate(spec, units, cleanup, **settings)
     except KeyboardInterrupt as e:
         raise units.interrupted(e) from e
     except CheckpointError as e:
@@ -232,9 +255,9 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
             torch.set_num_threads(previous)
 
 
-def _evaluate(spec, units, *, data_path, out_dir, method, learn_on, seed, progress, plots, lesioned, ground_truth_V,
-              max_objects, svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log, categories=None,
-              camera=None) -> dict:
+def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, seed, progress, plots, lesioned,
+              ground_truth_V, max_objects, svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log, model, jobs,
+              categories=None, camera=None) -> dict:
     t_start = time.perf_counter()
     seed = check_seed(seed)
     if method not in METHODS:
@@ -292,6 +315,24 @@ def _evaluate(spec, units, *, data_path, out_dir, method, learn_on, seed, progre
         if units.resume:
             say(f"resume: reusing the finished units in {units.dir}")
 
+    timings["load_s"] = time.perf_counter() - t_start
+
+    # ---- the fits that do not need ours (lesioned model, ground-truth V): a second process starts on them now
+    side_jobs = []
+    if lesioned:
+        side_jobs.append(SideJob("lesioned", "lesioned", "lesioned model (V at its prior)",
+                                 {"max_objects": max_objects}, objects=True))
+    if has_gt and ground_truth_V:
+        b = batch_videos(videos)
+        side_jobs.append(SideJob("ground_truth", "truth", "V from the ground truth",
+                                 {"truth": (b.gt_categories, b.gt_positions, b.gt_mask)}))
+    side = None
+    if resolve_jobs(jobs, sum(v.num_frames for v in videos), len(side_jobs), model) > 1:
+        side = SecondProcess(model, data, side_jobs, units, names, cam, torch.get_num_threads())
+        cleanup.callback(side.stop)
+        if progress:      # what runs beside the EM fit's progress
+            say(f"{' and '.join(j.desc for j in side_jobs)}: fitting in a second process")
+
     # ---- our method
     t0 = time.perf_counter()
     fit_kw = {"max_objects": max_objects}
@@ -324,49 +365,40 @@ def _evaluate(spec, units, *, data_path, out_dir, method, learn_on, seed, progre
         say(f"EM: {sum(len(o) for o in objs)} objects in {V} videos; fitted"
             f"{' and scored' if has_gt else ''} in {timings['fit_and_score_s']:.1f} s")
 
+    writing = [0.0]
+
+    def write_json(name, obj):
+        t = time.perf_counter()
+        atomic_write_json(os.path.join(out_dir, name), obj)
+        writing[0] += time.perf_counter() - t
+
     world = [{"path": v.path, "objects": [{"category_name": names[c], "position": p} for c, p in o]}
              for v, o in zip(videos, objs)]
-    atomic_write_json(os.path.join(out_dir, "world_states.json"), world)
+    write_json("world_states.json", world)
 
-    # ---- lesioned model and ground-truth V
-    meta = {"method": method, "learn_on": learn_on, "learned": meta_json(spec, learned, names, cam),
-            "learned_on": "all videos" if learn_on == "all" else "videos 1-50 (split A)"}
-    objs_les = None
-    if lesioned:
-        t1 = time.perf_counter()
-        fit_les = fit_unit(spec, data, "lesioned", progress, "lesioned model (V at its prior)", units=units, name="lesioned",
-                       max_objects=max_objects)
-        objs_les = fit_les.objects()
-        meta["lesioned"] = meta_json(spec, fit_les.values, names, cam)
-        timings["lesioned_fit_s"] = time.perf_counter() - t1
-    if has_gt and ground_truth_V:
-        t1 = time.perf_counter()
-        b = batch_videos(videos)
-        fit_gt = fit_unit(spec, data, "truth", progress, "V from the ground truth", units=units, name="ground_truth",
-                      truth=(b.gt_categories, b.gt_positions, b.gt_mask))
-        meta["ground_truth"] = meta_json(spec, fit_gt.values, names, cam)
-        meta["ground_truth_note"] = ("EM with every object fixed at its true category and position: V, sigma_px, "
-                                     "marks and field of view learned from the detections given the truth")
-        meta["V_table"] = {c: {"r_learned": meta["learned"]["detection_rate"][c],
-                               "r_ground_truth": meta["ground_truth"]["detection_rate"][c],
-                               "h_learned": meta["learned"]["hallucination_rate"][c],
-                               "h_ground_truth": meta["ground_truth"]["hallucination_rate"][c]}
-                           for c in names}
-        timings["ground_truth_V_s"] = time.perf_counter() - t1
-    meta["categories"], meta["camera"] = names, cam.to_json()
-    meta["fits"] = fit_info["fits"]
-    if method_info:
-        meta[method] = method_info[method]
-    atomic_write_json(os.path.join(out_dir, "metacognition.json"), meta)
+    # ---- plots (ours only: drawn while the second process, if any, still fits)
+    t1 = time.perf_counter()
+    pdir = os.path.join(out_dir, "plots")
+    chosen_plots = _plot_indices(plots, V)
+    if chosen_plots:
+        os.makedirs(pdir, exist_ok=True)
+    written = []
+    for j in chosen_plots:
+        resp = resp_all[j] if resp_all is not None else None
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in videos[j].path)
+        fn = os.path.join(pdir, f"video_{safe}.png")
+        plot_video(fn, videos[j], objs[j], resp=resp,
+                   title=f"video {videos[j].path} ({method}): {len(objs[j])} inferred objects"
+                         + (f", {len(videos[j].gt_categories)} true" if videos[j].has_ground_truth else ""))
+        written.append(os.path.relpath(fn, out_dir))
+    timings["plots_s"] = time.perf_counter() - t1
 
-    # ---- metrics
-
-    metrics = {"data": os.fspath(data_path), "model": spec.name, "method": method, "learn_on": learn_on, "seed": seed,
-               "num_videos": V, "split_A": "videos 1-50 (file positions 0-49)",
-               "split_B": "videos 51-100 (file positions 50-99)"}
+    # ---- the scores that do not need the side fits: ours (every metric), EM's, the detector baselines
+    metric_names = ("jaccard",) + (("box",) if has_box else ())
+    partial = {}
+    t1 = time.perf_counter()
     if has_gt:
-        t1 = time.perf_counter()
-        for metric in ("jaccard",) + (("box",) if has_box else ()):
+        for metric in metric_names:
             by = {}
             scores = per_video["ours"] if metric == "jaccard" else _score_objects(videos, objs, "box")
             per_video_m = {"ours": scores}
@@ -384,13 +416,58 @@ def _evaluate(spec, units, *, data_path, out_dir, method, learn_on, seed, progre
             base = detector_baselines(videos, top_n=5, metric=metric)
             by["detector"] = base["detector"]
             by["detector_fitted"] = base["detector_fitted"]
+            partial[metric] = (by, per_video_m, base)
+    timings["metrics_s"] = time.perf_counter() - t1
+
+    # ---- lesioned model and ground-truth V (waits for the second process)
+    t1 = time.perf_counter()
+    side_results = {}
+    for job in side_jobs:
+        if side is not None:
+            side_results[job.name] = side.result(job.name)
+        else:
+            side_results[job.name] = side_fit(spec, data, job, progress, units, names, cam)
+    if side is not None:
+        timings["worker_wait_s"] = time.perf_counter() - t1
+    meta = {"method": method, "learn_on": learn_on, "learned": meta_json(spec, learned, names, cam),
+            "learned_on": "all videos" if learn_on == "all" else "videos 1-50 (split A)"}
+    objs_les = None
+    if "lesioned" in side_results:
+        objs_les = side_results["lesioned"]["objects"]
+        meta["lesioned"] = side_results["lesioned"]["meta"]
+        timings["lesioned_fit_s"] = side_results["lesioned"]["seconds"]
+    if "ground_truth" in side_results:
+        meta["ground_truth"] = side_results["ground_truth"]["meta"]
+        meta["ground_truth_note"] = ("EM with every object fixed at its true category and position: V, sigma_px, "
+                                     "marks and field of view learned from the detections given the truth")
+        meta["V_table"] = {c: {"r_learned": meta["learned"]["detection_rate"][c],
+                               "r_ground_truth": meta["ground_truth"]["detection_rate"][c],
+                               "h_learned": meta["learned"]["hallucination_rate"][c],
+                               "h_ground_truth": meta["ground_truth"]["hallucination_rate"][c]}
+                           for c in names}
+        timings["ground_truth_V_s"] = side_results["ground_truth"]["seconds"]
+    meta["categories"], meta["camera"] = names, cam.to_json()
+    meta["fits"] = fit_info["fits"]
+    if method_info:
+        meta[method] = method_info[method]
+    write_json("metacognition.json", meta)
+
+    # ---- metrics
+    metrics = {"data": os.fspath(data_path), "model": spec.name, "method": method, "learn_on": learn_on, "seed": seed,
+               "num_videos": V, "split_A": "videos 1-50 (file positions 0-49)",
+               "split_B": "videos 51-100 (file positions 50-99)"}
+    if has_gt:
+        t1 = time.perf_counter()
+        metrics_by = {}
+        for metric in metric_names:
+            by, per_video_m, base = partial[metric]
             if objs_les is not None:
                 les = _score_objects(videos, objs_les, metric)
                 per_video_m["lesioned"] = les
                 by["lesioned"] = _splits(les, videos)
             metrics_by[metric] = {"splits": _regroup(by), "detector_threshold": base["threshold"],
                                   "per_video": {m: [float(x) for x in s] for m, s in per_video_m.items()}}
-        timings["metrics_s"] = time.perf_counter() - t1
+        timings["metrics_s"] += time.perf_counter() - t1
         metrics["splits"] = {s: {m: metrics_by[m]["splits"][s] for m in metrics_by} for s in ("A", "B", "all")}
         metrics["n_videos"] = metrics_by["jaccard"]["splits"].get("n_videos")
         metrics["detector_threshold"] = {m: metrics_by[m]["detector_threshold"] for m in metrics_by}
@@ -408,25 +485,13 @@ def _evaluate(spec, units, *, data_path, out_dir, method, learn_on, seed, progre
     if "ground_truth" in meta:
         metrics["V"]["ground_truth"] = {k: meta["ground_truth"][k] for k in ("detection_rate", "hallucination_rate",
                                                                                "pixel_scale", "field_of_view_deg")}
-
-    # ---- plots
-    t1 = time.perf_counter()
-    pdir = os.path.join(out_dir, "plots")
-    chosen_plots = _plot_indices(plots, V)
-    if chosen_plots:
-        os.makedirs(pdir, exist_ok=True)
-    written = []
-    for j in chosen_plots:
-        resp = resp_all[j] if resp_all is not None else None
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in videos[j].path)
-        fn = os.path.join(pdir, f"video_{safe}.png")
-        plot_video(fn, videos[j], objs[j], resp=resp,
-                   title=f"video {videos[j].path} ({method}): {len(objs[j])} inferred objects"
-                         + (f", {len(videos[j].gt_categories)} true" if videos[j].has_ground_truth else ""))
-        written.append(os.path.relpath(fn, out_dir))
-    timings["plots_s"] = time.perf_counter() - t1
     metrics["plots"] = written
-    timings["wall_time_s"] = time.perf_counter() - t_start
+    timings["write_s"] = writing[0]
+    timings["jobs"] = 2 if side is not None else 1
+    timings["second_process"] = side.start_method if side is not None else None
+    timings["threads"] = torch.get_num_threads()
+    t1 = time.perf_counter()
+    timings["wall_time_s"] = t1 - t_start
     metrics["timings"] = timings
     metrics["wall_time_s"] = timings["wall_time_s"]
     metrics["fit_and_score_s"] = timings["fit_and_score_s"]

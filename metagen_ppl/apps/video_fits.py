@@ -4,20 +4,30 @@ EM (the structure search of the video model, V learned on all videos or on
 split A), SVI-MAP and NUTS on the same model; each a unit of work with its
 checkpoint in ``OUT/checkpoints/`` (:class:`Units`). ``spec`` is the video
 model (:func:`video_model`: the ``projective`` model or a user's variant of it).
+
+The fits that do not need ours (the lesioned model, the ground-truth V: :class:`SideJob`) run
+either here, one after the other (:func:`side_fit`), or in a second process while this one fits
+ours (:class:`SecondProcess`); both give the same plain results.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
 import os
+import pickle
+import signal
+import sys
 import time
+import traceback
+import warnings
 from typing import Optional
 
 import torch
 
 from metagen_ppl.domain.metagen_data import SPLIT_A_SIZE
-from metagen_ppl.engine.checkpoint import Checkpoint, FitInterrupted
+from metagen_ppl.engine.checkpoint import Checkpoint, CheckpointError, FitInterrupted
 from metagen_ppl.engine.enumeration import EnumeratedModel
 from metagen_ppl.engine.registry import ModelSpec, load_model
 from metagen_ppl.engine.svi import fit_svi
@@ -89,6 +99,8 @@ class Units:
         self.data_hash = data_hash
         self.done = []
         self.current = None
+        #: units running in the second process (:class:`SecondProcess`), not finished yet
+        self.elsewhere = []
 
     def path(self, name):
         return None if self.dir is None else os.path.join(self.dir, name + ".json")
@@ -130,6 +142,10 @@ class Units:
         rnd = getattr(e, "round", None)
         if self.current is not None and rnd is not None:
             kept.append(f"{self.current} at the end of round {rnd}")
+        others = [n for n in self.elsewhere if n not in self.done and n != self.current]
+        if others:
+            kept.append(f"{', '.join(others)} stopped in the second process at {'their' if len(others) > 1 else 'its'} "
+                        "last checkpoint")
         what = f" ({'; '.join(kept)})" if kept else ""
         return FitInterrupted(self.dir, rnd, f"interrupted; rerun with --resume to continue{what}; "
                                             f"checkpoints in {self.dir}")
@@ -295,3 +311,219 @@ def fit_mcmc_units(spec, data, fits, index_sets, objs_em, chosen, seed, samples,
     if bar is not None:
         bar.close()
     return objs, infos
+
+
+# --------------------------------------------------------------------------- fits that do not need ours
+@dataclasses.dataclass
+class SideJob:
+    """A fit of ``evaluate`` that does not depend on our EM fit: the lesioned model or the ground-truth V."""
+
+    name: str                 # the unit (its checkpoint: ``OUT/checkpoints/<name>.json``)
+    mode: str                 # the ``fit_videos`` mode
+    desc: str                 # the progress label
+    kwargs: dict              # more ``fit_videos`` keywords (``max_objects``, ``truth``)
+    objects: bool = False     # also return the fitted objects per video
+
+
+def side_fit(spec, data, job: SideJob, progress, units, names, camera) -> dict:
+    """Run one :class:`SideJob`; its result as plain data, the same in this process and in the second one:
+    ``{"objects": per video [(category, [x, y, z]), ...] or None, "meta": meta_json(...), "seconds": float,
+    "resumed_from_round": int or None}``."""
+    t0 = time.perf_counter()
+    fit = fit_unit(spec, data, job.mode, progress, job.desc, units=units, name=job.name, **job.kwargs)
+    return {"objects": fit.objects() if job.objects else None, "meta": meta_json(spec, fit.values, names, camera),
+            "seconds": time.perf_counter() - t0, "resumed_from_round": fit.info.get("resumed_from_round")}
+
+
+#: Frames (videos x frames) from which ``jobs="auto"`` runs the side jobs in a second process: on 2 cores
+#: (``comparisons/bench_evaluate.py``) the 100 x 20 frames of the shared files take 0.6x the wall time of one
+#: process; below a few hundred frames every fit takes about a second and a second process gains too little
+#: to be worth its start (and its memory).
+SECOND_PROCESS_FROM = 400
+
+
+def resolve_jobs(jobs, num_frames: int, side_jobs: int, model) -> int:
+    """The processes of one ``evaluate`` run: 1 (everything here) or 2 (the side jobs in a second process).
+
+    ``jobs`` is ``"auto"`` (2 when there are side jobs, the machine has 2 cores or more and the data has at
+    least :data:`SECOND_PROCESS_FROM` frames) or a positive integer (more than 2 is 2: there are two
+    independent parts). A model given as an object rather than a name or a path runs here (the second
+    process loads the model by name)."""
+    if jobs != "auto" and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise DataError(f"jobs must be 'auto' or a positive integer, got {jobs!r}")
+    if not side_jobs or not isinstance(model, (str, os.PathLike)):
+        return 1
+    if jobs == "auto":
+        return 2 if (os.cpu_count() or 1) >= 2 and num_frames >= SECOND_PROCESS_FROM else 1
+    return min(int(jobs), 2)
+
+
+class SecondProcessError(RuntimeError):
+    """The second process of ``evaluate`` failed with an exception that could not be sent back as it was,
+    or ended without a result (killed, out of memory)."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in the second process (the ``__cause__`` of the one raised here)."""
+
+    def __str__(self):
+        return self.args[0] if self.args else ""
+
+
+def _error_payload(e: BaseException):
+    """An exception of the second process as something that pickles: ``(kind, value, traceback text)``."""
+    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    if isinstance(e, FitInterrupted):
+        return "interrupted", (e.checkpoint, e.round, getattr(e, "detail", None)), tb
+    if isinstance(e, CheckpointError):
+        return "checkpoint", (str(e), e.path, e.why), tb
+    try:
+        blob = pickle.dumps(e)
+        pickle.loads(blob)
+        return "pickled", blob, tb
+    except Exception:
+        return "text", f"{type(e).__name__}: {e}", tb
+
+
+def _rebuild_error(name: str, payload) -> BaseException:
+    kind, value, tb = payload
+    if kind == "interrupted":
+        err = FitInterrupted(*value)
+    elif kind == "checkpoint":
+        err = CheckpointError(*value)
+    elif kind == "pickled":
+        err = pickle.loads(value)
+    else:
+        err = SecondProcessError(f"{name} (second process): {value}")
+    err.__cause__ = RemoteTraceback(f"in the second process ({name}):\n{tb}")
+    return err
+
+
+def _stop_quietly(signum, frame):
+    """SIGTERM in the second process: unwind (atomic writes remove their temporary files) and exit, silently."""
+    raise SystemExit(0)
+
+
+def _second_process(conn, payload, threads: int) -> None:
+    """The second process: run the side jobs in order, send ``("ok", name, result, warnings)`` after each, or
+    ``("error", name, payload, warnings)`` and stop at the first failure (the next would only add a checkpoint
+    that the resumed run repeats anyway)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is for the main process; it stops this one
+    signal.signal(signal.SIGTERM, _stop_quietly)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    torch.set_num_threads(threads)
+    if isinstance(payload, bytes):
+        payload = pickle.loads(payload)
+    model, data, jobs, units, names, camera = payload
+    spec = None
+    for job in jobs:
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                spec = spec or video_model(model)
+                result = side_fit(spec, data, job, False, units, names, camera)
+            except (Exception, KeyboardInterrupt) as e:
+                conn.send(("error", job.name, _error_payload(e), _warnings_payload(caught)))
+                return
+        conn.send(("ok", job.name, result, _warnings_payload(caught)))
+    conn.close()
+
+
+def _warnings_payload(caught) -> list:
+    return [(str(w.message), w.category if _pickles(w.category) else UserWarning, w.filename, w.lineno)
+            for w in caught]
+
+
+def _pickles(obj) -> bool:
+    try:
+        pickle.dumps(obj)
+        return True
+    except Exception:
+        return False
+
+
+class SecondProcess:
+    """The side jobs (:class:`SideJob`) in one worker process, started by the constructor, while this
+    process fits ours; :meth:`result` waits for one, :meth:`stop` ends the process (always call it).
+
+    The worker is a fork of this process where that is safe -- on Linux with one torch thread in the
+    worker: OpenMP is never entered, so a fork of a process that used OpenMP cannot hang -- and starts at
+    once with this process's modules and data; elsewhere (or with more threads) it is spawned: a fresh
+    interpreter that imports torch and the model first (2-3 s). It runs ``threads`` torch threads: the
+    same as here, so that its results equal a run in one process bit for bit. It ignores Ctrl-C (this
+    process gets it and stops the worker; the worker's checkpoints are kept); SIGTERM ends it quietly.
+    Its warnings are re-issued here; its exceptions are raised here (the same type and message, with the
+    worker's traceback as ``__cause__``; one that cannot be sent back, or a worker that dies, is a
+    :class:`SecondProcessError`)."""
+
+    def __init__(self, model, data, jobs, units, names, camera, threads: int):
+        self.jobs = list(jobs)
+        self.units = units
+        linux_fork = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+        self.start_method = "fork" if linux_fork and threads == 1 else "spawn"
+        ctx = multiprocessing.get_context(self.start_method)
+        payload = (os.fspath(model), data, self.jobs, units, list(names), camera)
+        if self.start_method != "fork":
+            payload = pickle.dumps(payload)
+        self.conn, child = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=_second_process, args=(child, payload, threads), daemon=True,
+                                   name="metagen-ppl evaluate (lesioned model, ground-truth V)")
+        for stream in (sys.stdout, sys.stderr):   # a fork must not write this process's buffered output again
+            try:
+                stream.flush()
+            except (AttributeError, ValueError, OSError):
+                pass
+        blocked = hasattr(signal, "pthread_sigmask")
+        if blocked:                               # no Ctrl-C in the worker before it ignores it
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+        try:
+            self.process.start()
+        finally:
+            if blocked:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        child.close()
+        self.results = {}
+        units.elsewhere.extend(j.name for j in self.jobs)
+
+    def result(self, name: str) -> dict:
+        """The result of the side job ``name`` (waits for it); raises the worker's exception."""
+        while name not in self.results:
+            if self.conn.poll(0.1):
+                try:
+                    message = self.conn.recv()
+                except EOFError:
+                    raise self._died() from None
+                self._take(*message)
+            elif not self.process.is_alive() and not self.conn.poll():
+                raise self._died()
+        return self.results[name]
+
+    def _take(self, kind, name, value, caught) -> None:
+        for text, category, filename, lineno in caught:
+            warnings.warn_explicit(text, category, filename, lineno)
+        if kind == "ok":
+            self.results[name] = value
+            self.units.done.append(name)
+            return
+        self.units.current = name
+        raise _rebuild_error(name, value)
+
+    def _died(self) -> SecondProcessError:
+        self.process.join(1)
+        code = self.process.exitcode
+        waiting = [j.name for j in self.jobs if j.name not in self.results]
+        how = f"with exit code {code}" if code is not None and code >= 0 else (
+            f"by signal {-code} ({signal.Signals(-code).name})" if code is not None else "")
+        return SecondProcessError(f"the second process of evaluate ({', '.join(waiting)}) ended {how} without "
+                                  "its result (killed? out of memory?); rerun with --resume to reuse the finished "
+                                  "units, or with --jobs 1 to fit everything in one process")
+
+    def stop(self) -> None:
+        """End the worker (at once if it is still fitting: SIGTERM, then SIGKILL after 5 s) and close the pipe."""
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+            if self.process.is_alive():
+                self.process.kill()
+        self.process.join()
+        self.conn.close()

@@ -38,7 +38,8 @@ def add_parser(sub, parents: dict):
     p.add_argument("--learn-on", choices=LEARN_ON, default="all",
                    help="learn V on all videos, or on videos 1-50 only (then fixed for 51-100)")
     p.add_argument("--seed", type=seed_argument, default=0, help="random seed (SVI, MCMC)")
-    p.add_argument("--plots", type=int, default=3, help="number of videos to draw (PNG)")
+    p.add_argument("--plots", type=int, default=1,
+                   help="number of videos to draw (PNG, about 0.7 s each; evenly spread over the file)")
     p.add_argument("--max-objects", type=int, default=8, help="object slots per video")
     p.add_argument("--no-lesioned", action="store_true", help="skip the lesioned model")
     p.add_argument("--no-ground-truth-V", action="store_true", help="skip V computed from the ground truth")
@@ -56,8 +57,28 @@ def add_parser(sub, parents: dict):
                         "structure-search round; units of other data or settings are refused")
     p.add_argument("--no-checkpoint", action="store_true",
                    help="keep no checkpoints (OUT/checkpoints/, written atomically after every round and unit)")
-    p.set_defaults(func=run, workload="batched")
+    p.add_argument("--jobs", "-j", type=jobs_argument, default="auto", metavar="N",
+                   help="processes: 'auto' (default: 2 when the machine has 2 cores or more and the file has at "
+                        "least 400 frames -- the lesioned model and the ground-truth V are fitted in a second "
+                        "process while this one fits ours; same results), 1 (everything in this process) or 2")
+    # --threads auto: one torch thread in each process (two processes use the two cores; two threads in one
+    # process were 0.8-0.9x the time of one on an idle machine, 2-4x slower when anything else runs, and
+    # change the last bits of the fits)
+    p.set_defaults(func=run, workload="small")
     return p
+
+
+def jobs_argument(text: str):
+    """argparse type of ``--jobs``: ``auto`` or a positive integer."""
+    if text == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--jobs must be 'auto' or a positive integer, got {text!r}")
+    return n
 
 
 def _fmt(x) -> str:
@@ -91,7 +112,8 @@ def run(args) -> int:
                            log=lambda m: print(m, file=sys.stderr, flush=True), num_threads=None,
                            checkpoint=not getattr(args, "no_checkpoint", False),
                            resume=getattr(args, "resume", False), model=args.model,
-                           categories=getattr(args, "categories", None), camera=getattr(args, "camera", None))
+                           categories=getattr(args, "categories", None), camera=getattr(args, "camera", None),
+                           jobs=getattr(args, "jobs", "auto"))
     except KeyboardInterrupt as e:
         detail = getattr(e, "detail", None) or "interrupted"
         print(f"metagen-ppl evaluate: {detail}", file=sys.stderr, flush=True)
