@@ -54,3 +54,51 @@ def test_online_resume_reuses_the_scenes_done(scenes, tmp_path):
     assert main(args + ["--resume"]) == 0                       # a finished checkpoint: nothing recomputed
     again = json.loads(out.read_text())
     assert again["V"] == first["V"] and again["scenes"] == first["scenes"]
+
+
+@pytest.fixture(scope="module")
+def videos_file(tmp_path_factory):
+    from metagen_ppl.models import projective as P
+    d = tmp_path_factory.mktemp("online_eval")
+    path = d / "videos.json"
+    path.write_text(json.dumps(P.simulate(52, 5, seed=11, rates=[1.2, 1.0, 0.8, 1.0, 0.9], hallucination=[0.05] * 5)))
+    return path
+
+
+def test_evaluate_online_writes_world_states_on_arrival_and_the_V_trajectory(videos_file, tmp_path, capsys):
+    from metagen_ppl.apps.evaluate import evaluate
+    from metagen_ppl.domain.metagen_data import load_videos
+    from metagen_ppl.models import projective as P
+    out = tmp_path / "online"
+    m = evaluate(str(videos_file), str(out), online=True, progress=False, plots=0, lesioned=False,
+                 ground_truth_V=False, jobs=1)
+    world = json.loads((out / "world_states.json").read_text())
+    meta = json.loads((out / "metacognition.json").read_text())
+    traj = meta["online"]["V_trajectory"]
+    assert len(world) == 52 and len(traj) == 52 and traj[-1]["detection_rate"] == meta["learned"]["detection_rate"]
+    assert meta["learned_on"] == "all videos, online in file order"
+    # the world states are the online fit's, video by video, as inferred on arrival
+    res = P.fit_videos_online(P.data_from_videos(load_videos(str(videos_file))), max_objects=8)
+    for w, objs, ex in zip(world, res.objects, res.existence):
+        assert [o["position"] for o in w["objects"]] == [p for _, p in objs]
+        assert [o["existence_probability"] for o in w["objects"]] == ex
+    assert m["splits"]["B"]["jaccard"]["ours"] > m["splits"]["B"]["jaccard"]["detector"]
+    # a finished run resumes to the same outputs at once
+    again = evaluate(str(videos_file), str(out), online=True, progress=False, plots=0, lesioned=False,
+                     ground_truth_V=False, jobs=1, resume=True)
+    assert again["splits"] == m["splits"]
+
+
+def test_batch_evaluate_writes_existence_probabilities(videos_file, tmp_path):
+    from metagen_ppl.apps.evaluate import evaluate
+    evaluate(str(videos_file), str(tmp_path / "b"), progress=False, plots=0, lesioned=False, ground_truth_V=False,
+             jobs=1)
+    world = json.loads((tmp_path / "b" / "world_states.json").read_text())
+    probs = [o["existence_probability"] for w in world for o in w["objects"]]
+    assert probs and all(0.5 < p <= 1.0 for p in probs)
+
+
+def test_evaluate_online_needs_em_over_all_videos(videos_file, tmp_path, capsys):
+    assert main(["evaluate", "--data", str(videos_file), "--out", str(tmp_path / "x"), "--online",
+                 "--learn-on", "train"]) == 2
+    assert "needs method 'em' and learn_on 'all'" in capsys.readouterr().err

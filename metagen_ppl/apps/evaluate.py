@@ -10,7 +10,10 @@ the model's own model selection -- and writes to ``out_dir``:
 ``world_states.json``
     a list in file order, one entry per video:
     ``{"path": <the video's path>, "objects": [{"category_name": <one of the file's categories, e.g.
-    "chair"|"plant"|"tv"|"umbrella"|"bowl">, "position": [x, y, z]}, ...]}``;
+    "chair"|"plant"|"tv"|"umbrella"|"bowl">, "position": [x, y, z], "existence_probability": p}, ...]}``
+    (``p``: the posterior probability that the object exists given the rest of its video and V,
+    :meth:`~metagen_ppl.models.projective.structure.ProjectiveSearch.existence_probabilities`; with
+    ``online`` each video's world state as inferred when it arrived);
 ``metacognition.json``
     the learned V, ``sigma_px``, marks and field of view (``learned``), the same
     computed from the ground truth (``ground_truth``: EM with the objects fixed
@@ -91,6 +94,8 @@ import torch
 
 from metagen_ppl.domain.metagen_data import batch_videos, load_videos
 from metagen_ppl.domain.metrics import detector_baselines, split_means, world_state_frame_scores
+from metagen_ppl.apps.online_fits import em_existence, fit_online_units
+from metagen_ppl.engine.online import StepSchedule
 from metagen_ppl.apps.video_fits import (SecondProcess, SideJob, Units, fit_em_units, fit_mcmc_units, fit_svi_units,
                                          meta_json, progress_bar, resolve_jobs, side_fit, video_model)
 from metagen_ppl.engine.checkpoint import Checkpoint, CheckpointError, hash_file, hash_tensors
@@ -148,7 +153,8 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
              plots: int = 1, lesioned: bool = True, ground_truth_V: bool = True, max_objects: int = 8,
              svi_steps: int = 300, svi_lr: float = 0.01, mcmc_videos: int = 3, mcmc_samples: int = 100,
              mcmc_warmup: int = 100, log=None, num_threads: Optional[int] = 1, checkpoint: bool = True,
-             resume: bool = False, model="projective", categories=None, camera=None, jobs="auto") -> dict:
+             resume: bool = False, model="projective", categories=None, camera=None, jobs="auto",
+             online: bool = False, step_kappa: float = 1.0, step_t0: float = 0.0) -> dict:
     """Fit every video of a MetaGen detection file and write world states, V and metrics.
 
     Parameters
@@ -191,6 +197,15 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
         work is many small tensor operations, and on a shared 2-core machine two threads were measured
         3-7x slower than one (they contend with other processes); the thread count also changes the
         last bits of the fits. ``None`` keeps torch's setting.
+    online : bool
+        Learn V online (:func:`metagen_ppl.models.projective.online.fit_videos_online`): the videos in file
+        order, each fitted on arrival with the V learned from the videos before it, V updated from
+        running expected sufficient statistics (stepwise EM, step sizes ``(i + step_t0)^-step_kappa``);
+        needs ``method="em"`` and ``learn_on="all"``. ``world_states.json`` then holds each video's
+        world state as inferred on arrival and ``metacognition.json`` V after every video
+        (``online.V_trajectory``).
+    step_kappa, step_t0 : float
+        The online step sizes (default 1 and 0: ``eta_i = 1/i``).
     jobs : "auto" or int
         Processes: ``1`` fits everything here, one fit after the other; ``2`` fits the lesioned model
         and the ground-truth V in a second process while this one fits ours (they do not depend on it)
@@ -232,7 +247,7 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
                     progress=progress, plots=plots, lesioned=lesioned, ground_truth_V=ground_truth_V,
                     max_objects=max_objects, svi_steps=svi_steps, svi_lr=svi_lr, mcmc_videos=mcmc_videos,
                     mcmc_samples=mcmc_samples, mcmc_warmup=mcmc_warmup, log=log, categories=categories,
-                    camera=camera, model=model, jobs=jobs)
+                    camera=camera, model=model, jobs=jobs, online=online, step_kappa=step_kappa, step_t0=step_t0)
     previous = None
     if num_threads is not None:
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
@@ -257,7 +272,7 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
 
 def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, seed, progress, plots, lesioned,
               ground_truth_V, max_objects, svi_steps, svi_lr, mcmc_videos, mcmc_samples, mcmc_warmup, log, model, jobs,
-              categories=None, camera=None) -> dict:
+              categories=None, camera=None, online=False, step_kappa=1.0, step_t0=0.0) -> dict:
     t_start = time.perf_counter()
     seed = check_seed(seed)
     if method not in METHODS:
@@ -271,6 +286,12 @@ def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, see
             raise MetagenError(f"{name} must be a {'positive' if name in ('max_objects', 'svi_steps', 'mcmc_samples') else 'non-negative'} integer, got {val!r}")
     if isinstance(svi_lr, bool) or not isinstance(svi_lr, (int, float)) or not math.isfinite(svi_lr) or svi_lr <= 0:
         raise MetagenError(f"svi_lr must be a finite number > 0, got {svi_lr!r}")
+    schedule = None
+    if online:
+        if method != "em" or learn_on != "all":
+            raise MetagenError("online=True (--online) learns V with EM over every video in file order: it needs "
+                               "method 'em' and learn_on 'all'")
+        schedule = StepSchedule(step_kappa, step_t0)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise DataError(f"output directory {os.fspath(out_dir)!r} is an existing file; give a directory")
     say = log or (lambda m: None)
@@ -299,7 +320,8 @@ def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, see
                              "lesioned": lesioned, "ground_truth_V": ground_truth_V, "max_objects": max_objects,
                              "svi_steps": svi_steps, "svi_lr": svi_lr, "mcmc_videos": mcmc_videos,
                              "mcmc_samples": mcmc_samples, "mcmc_warmup": mcmc_warmup,
-                             "categories": names, "camera": cam.to_json()})
+                             "categories": names, "camera": cam.to_json(),
+                             **({"online": schedule.to_json()} if online else {})})
         done = None
         if units.resume:
             try:
@@ -336,7 +358,12 @@ def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, see
     # ---- our method
     t0 = time.perf_counter()
     fit_kw = {"max_objects": max_objects}
-    em = fit_em_units(spec, data, videos, learn_on, progress, fit_kw, units)
+    trajectory = None
+    if online:
+        em, existence, trajectory = fit_online_units(spec, data, videos, progress, fit_kw, units, schedule)
+    else:
+        em = fit_em_units(spec, data, videos, learn_on, progress, fit_kw, units)
+        existence = em_existence(em, V)
     objs_em, learned, fit_info, fits, index_sets, resp_all = (em.objects, em.learned, em.info, em.fits,
                                                               em.index_sets, em.resp)
     timings["em_fit_s"] = time.perf_counter() - t0
@@ -372,8 +399,13 @@ def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, see
         atomic_write_json(os.path.join(out_dir, name), obj)
         writing[0] += time.perf_counter() - t
 
-    world = [{"path": v.path, "objects": [{"category_name": names[c], "position": p} for c, p in o]}
-             for v, o in zip(videos, objs)]
+    def entry(c, p, e):
+        return {"category_name": names[c], "position": p,
+                **({"existence_probability": e} if e is not None else {})}
+    # SVI and MCMC keep EM's structure (which objects exist), so EM's existence probabilities are theirs too
+    world = [{"path": v.path, "objects": [entry(c, p, e) for (c, p), e in
+                                          zip(o, existence[j] if len(existence[j]) == len(o) else [None] * len(o))]}
+             for j, (v, o) in enumerate(zip(videos, objs))]
     write_json("world_states.json", world)
 
     # ---- plots (ours only: drawn while the second process, if any, still fits)
@@ -430,7 +462,12 @@ def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, see
     if side is not None:
         timings["worker_wait_s"] = time.perf_counter() - t1
     meta = {"method": method, "learn_on": learn_on, "learned": meta_json(spec, learned, names, cam),
-            "learned_on": "all videos" if learn_on == "all" else "videos 1-50 (split A)"}
+            "learned_on": ("all videos, online in file order" if online else "all videos") if learn_on == "all"
+            else "videos 1-50 (split A)"}
+    if online:
+        meta["online"] = {"schedule": schedule.to_json(), "V_trajectory": trajectory,
+                          "note": "each video fitted on arrival with the V learned from the videos before it; "
+                                  "V_trajectory[i] is V after video i"}
     objs_les = None
     if "lesioned" in side_results:
         objs_les = side_results["lesioned"]["objects"]

@@ -61,6 +61,13 @@ def add_parser(sub, parents: dict):
                    help="processes: 'auto' (default: 2 when the machine has 2 cores or more and the file has at "
                         "least 400 frames -- the lesioned model and the ground-truth V are fitted in a second "
                         "process while this one fits ours; same results), 1 (everything in this process) or 2")
+    p.add_argument("--online", action="store_true",
+                   help="learn V online: the videos in file order, each fitted on arrival with the V learned from "
+                        "the videos before it, V updated from running expected counts (stepwise EM); "
+                        "metacognition.json then holds V after every video (method em, --learn-on all)")
+    p.add_argument("--step-kappa", type=float, default=1.0, metavar="K",
+                   help="--online step sizes eta_i = (i + t0)^-K, K in (0.5, 1] (default 1: eta_i = 1/i)")
+    p.add_argument("--step-t0", type=float, default=0.0, metavar="T0", help="--online step offset t0 >= 0 (default 0)")
     # --threads auto: one torch thread in each process (two processes use the two cores; two threads in one
     # process were 0.8-0.9x the time of one on an idle machine, 2-4x slower when anything else runs, and
     # change the last bits of the fits)
@@ -113,7 +120,8 @@ def run(args) -> int:
                            checkpoint=not getattr(args, "no_checkpoint", False),
                            resume=getattr(args, "resume", False), model=args.model,
                            categories=getattr(args, "categories", None), camera=getattr(args, "camera", None),
-                           jobs=getattr(args, "jobs", "auto"))
+                           jobs=getattr(args, "jobs", "auto"), online=getattr(args, "online", False),
+                           step_kappa=getattr(args, "step_kappa", 1.0), step_t0=getattr(args, "step_t0", 0.0))
     except KeyboardInterrupt as e:
         detail = getattr(e, "detail", None) or "interrupted"
         print(f"metagen-ppl evaluate: {detail}", file=sys.stderr, flush=True)
