@@ -19,12 +19,11 @@ from typing import Callable, Optional
 
 import torch
 
-from metagen_ppl.domain.scenes import SceneSet
+from metagen_ppl.domain.scenes import SceneSet, load_scenes
 from metagen_ppl.engine.checkpoint import hash_tensors
 from metagen_ppl.engine.online import StepSchedule, run_online
 from metagen_ppl.engine.structure import search_structure
 from metagen_ppl.errors import DataError
-from metagen_ppl.models.detector.fit import _as_scenes
 from metagen_ppl.models.detector.generative import hyperparameter, prior_mean_V
 from metagen_ppl.models.detector.mstep import mstep_from_statistics, sufficient_statistics
 from metagen_ppl.models.detector.structure import DetectorSearch
@@ -86,7 +85,7 @@ def fit_metacognition_online(scenes, *, schedule: Optional[StepSchedule] = None,
         Rewritten atomically after every scene; ``resume`` continues after the last one it holds.
     """
     schedule = StepSchedule() if schedule is None else schedule
-    sc: SceneSet = _as_scenes(scenes, dtype)
+    sc: SceneSet = scenes if isinstance(scenes, SceneSet) else load_scenes(scenes, dtype=dtype)
     S = len(sc)
     if S < 1:
         raise DataError("online fit: no scene")

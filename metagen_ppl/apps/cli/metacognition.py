@@ -14,6 +14,8 @@ from metagen_ppl.domain.scenes import SceneSet, V_to_json, load_scenes, parse_V,
 from metagen_ppl.io import atomic_write_json
 from metagen_ppl.models.detector.fit import INNER, MODES, MetacognitionResult, fit_metacognition
 from metagen_ppl.models.detector import simulate
+from metagen_ppl.engine.online import StepSchedule
+from metagen_ppl.models.detector.online import fit_metacognition_online
 from metagen_ppl.util import make_progress
 
 
@@ -123,8 +125,6 @@ def _online_json(res, sc) -> dict:
 
 
 def run_fit_online(args, sc, ckpt, created) -> int:
-    from metagen_ppl.engine.online import StepSchedule
-    from metagen_ppl.models.detector.online import fit_metacognition_online
     if args.mode != "learn" or args.inner != "em":
         raise MetagenError("--online learns V with EM: it needs --mode learn and --inner em")
     schedule = StepSchedule(args.step_kappa, args.step_t0)
