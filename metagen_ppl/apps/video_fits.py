@@ -335,10 +335,12 @@ def side_fit(spec, data, job: SideJob, progress, units, names, camera) -> dict:
             "seconds": time.perf_counter() - t0, "resumed_from_round": fit.info.get("resumed_from_round")}
 
 
-#: Frames (videos x frames) from which ``jobs="auto"`` runs the side jobs in a second process: on 2 cores
-#: (``comparisons/bench_evaluate.py``) the 100 x 20 frames of the shared files take 0.6x the wall time of one
-#: process; below a few hundred frames every fit takes about a second and a second process gains too little
-#: to be worth its start (and its memory).
+#: Frames (videos x frames) from which ``jobs="auto"`` runs the side jobs in a second process. With a free
+#: second core the run then takes about max(ours, lesioned + ground-truth V) instead of their sum: on the
+#: shared files (2000 frames) 8-9 s less; with the second core busy (another job) it costs nothing: the
+#: same CPU and wall time as one process (RetinaNet, ``comparisons/bench_evaluate.py``: 23.0 vs 23.1 CPU
+#: s, 22.9 vs 23.2 s). The side fits take about 5 ms a frame, so below 400 frames (2 s) the gain is
+#: small and one process is simpler to profile, debug and interrupt.
 SECOND_PROCESS_FROM = 400
 
 
