@@ -63,7 +63,8 @@ def _check_outputs(out, n_videos, paths, metric_names=("jaccard",)):
     for w in world:
         assert set(w) == {"path", "objects"}
         for o in w["objects"]:
-            assert set(o) == {"category_name", "position"}
+            assert set(o) == {"category_name", "position", "existence_probability"}
+            assert 0.5 < o["existence_probability"] <= 1.0       # the MAP structure keeps objects with p > 1/2
             assert o["category_name"] in CATEGORIES
             assert len(o["position"]) == 3 and all(isinstance(x, float) and math.isfinite(x) for x in o["position"])
     metrics = json.loads((out / "metrics.json").read_text())
