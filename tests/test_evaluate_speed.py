@@ -20,7 +20,7 @@ import pytest
 from metagen_ppl.apps import video_fits
 from metagen_ppl.apps.cli import main as cli
 from metagen_ppl.apps.evaluate import evaluate
-from metagen_ppl.apps.video_fits import SecondProcessError, resolve_jobs
+from metagen_ppl.apps.video_fits import SecondProcessError, resolve_jobs, start_method
 from metagen_ppl.models import projective as P
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,9 +54,11 @@ def videos(tmp_path_factory):
     sim = P.simulate(8, 5, seed=11, rates=[1.2, 1.0, 0.8, 1.0, 0.9], hallucination=[0.05] * 5)
     path = d / "videos.json"
     path.write_text(json.dumps(sim))
+    small = d / "small.json"
+    small.write_text(json.dumps(sim[:3]))
     model = d / "failing_variant.py"
     model.write_text(FAILING_MODEL)
-    return {"data": str(path), "model": str(model)}
+    return {"data": str(path), "small": str(small), "model": str(model)}
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,11 @@ def _same_outputs(a, b):
         if name == "metrics.json":
             x, y = ({k: v for k, v in m.items() if k not in RUN_KEYS} for m in (x, y))
         assert x == y, name
+    plots = sorted(os.listdir(os.path.join(a, "plots"))) if os.path.isdir(os.path.join(a, "plots")) else []
+    assert plots == (sorted(os.listdir(os.path.join(b, "plots"))) if plots else plots)
+    for name in plots:       # the same picture, byte for byte, whichever process drew it
+        with open(os.path.join(a, "plots", name), "rb") as fa, open(os.path.join(b, "plots", name), "rb") as fb:
+            assert fa.read() == fb.read(), name
 
 
 def _cli(args, timeout=180, env=None, new_session=False):
@@ -103,12 +110,32 @@ def test_two_processes_give_the_outputs_of_one(videos, reference, tmp_path, caps
     assert sorted(os.listdir(out / "plots")) == sorted(os.listdir(reference / "plots"))
 
 
-def test_spawned_second_process_gives_the_same_outputs(videos, tmp_path):
-    """Two threads per process: the worker is spawned (a fork after OpenMP use could hang), same numbers
-    as one process with two threads."""
+@pytest.mark.parametrize("second_is_idle", [True, False])
+def test_plots_drawn_by_either_process_are_the_same(videos, reference, tmp_path, monkeypatch, second_is_idle):
+    """The second process draws the plots when its fits are done by the time ours is, else this one does."""
+    if second_is_idle:      # wait for its fits, as if ours had taken longer
+        monkeypatch.setattr(video_fits.SecondProcess, "idle",
+                            lambda self: all(self.result(j.name) is not None for j in self.jobs))
+    else:
+        monkeypatch.setattr(video_fits.SecondProcess, "idle", lambda self: False)
+    out = tmp_path / "two"
+    m = evaluate(videos["data"], str(out), progress=False, plots=2, jobs=2)
+    assert m["timings"]["plots_in"] == ("second process" if second_is_idle else "main process")
+    one = tmp_path / "one"
+    evaluate(videos["data"], str(one), progress=False, plots=2, jobs=1)
+    _same_outputs(one, out)
+    assert len(os.listdir(out / "plots")) == 2
+
+
+def test_spawned_second_process_gives_the_same_outputs(videos, tmp_path, monkeypatch):
+    """A spawned worker (a fresh interpreter: other platforms, or more than one thread, where a fork after
+    OpenMP use could hang) gives the same outputs, plots included."""
+    assert start_method(2) == "spawn" and start_method(1) == ("fork" if sys.platform.startswith("linux") else "spawn")
+    monkeypatch.setattr(video_fits, "START_METHOD", "spawn")
+    assert start_method(1) == "spawn"
     one, two = tmp_path / "one", tmp_path / "two"
     for out, jobs in ((one, 1), (two, 2)):
-        m = evaluate(videos["data"], str(out), progress=False, plots=0, num_threads=2, jobs=jobs)
+        m = evaluate(videos["small"], str(out), progress=False, plots=1, jobs=jobs, max_objects=3)
     assert m["timings"]["second_process"] == "spawn"
     _same_outputs(one, two)
 
@@ -143,7 +170,7 @@ def test_resume_after_a_parallel_run_reuses_every_unit(videos, reference, tmp_pa
     assert (ck / "evaluate.json").exists()
 
 
-def test_ctrl_c_stops_both_processes_and_resume_completes(videos, reference, tmp_path):
+def test_ctrl_c_stops_both_processes_and_resume_completes(videos, reference, tmp_path, capsys):
     """A terminal's Ctrl-C reaches every process of the group: the main process prints one line and exits
     with 130, the second one ignores it and is stopped; --resume then ends with the uninterrupted outputs."""
     out = tmp_path / "run"
@@ -170,8 +197,7 @@ def test_ctrl_c_stops_both_processes_and_resume_completes(videos, reference, tmp
     assert "em_learn_all at the end of round 1" in lines[0], lines
     assert "Traceback" not in p.stderr and not (out / "metrics.json").exists()
     assert not [f for f in os.listdir(out / "checkpoints") if f.startswith(".")]    # no temporary files left
-    r = _cli(args + ["--resume"])
-    assert r.returncode == 0, r.stderr
+    assert cli.main(args + ["--resume"]) == 0
     _same_outputs(reference, out)
 
 
@@ -184,17 +210,19 @@ def test_exception_in_the_second_process_is_raised_here(videos, tmp_path, monkey
     assert "fit_videos" in str(e.value.__cause__)                   # the worker's traceback
 
 
-def test_exception_in_the_second_process_exits_1_with_one_line(videos, tmp_path):
+def test_exception_in_the_second_process_exits_1_with_one_line(videos, tmp_path, monkeypatch, capsys):
     args = ["evaluate", "--data", videos["data"], "--out", str(tmp_path / "o"), "--plots", "0", "--no-progress",
             "--model", videos["model"], "--jobs", "2"]
-    p = _cli(args, env={"FAIL_MODE": "truth"})
+    p = _cli(args, env={"FAIL_MODE": "truth"})                # a fresh process: exits, does not hang
     assert p.returncode == 1, p.stderr
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("metagen-ppl")]
     assert errors == ["metagen-ppl: internal error: ValueError: boom in the truth fit (run with --debug for the "
                       "traceback)"], p.stderr
     assert "Traceback" not in p.stderr
-    p = _cli(args + ["--debug"], env={"FAIL_MODE": "truth"})
-    assert p.returncode == 1 and "in the second process (ground_truth)" in p.stderr and "Traceback" in p.stderr
+    monkeypatch.setenv("FAIL_MODE", "truth")
+    assert cli.main(args + ["--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "in the second process (ground_truth)" in err and "Traceback" in err
 
 
 def test_a_dead_second_process_is_an_error_not_a_hang(videos, tmp_path, monkeypatch):

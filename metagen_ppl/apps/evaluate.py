@@ -30,7 +30,8 @@ the model's own model selection -- and writes to ``out_dir``:
     ``labels2D``; per-video scores; timings in seconds (``load_s``: reading the file;
     ``em_fit_s``, ``lesioned_fit_s``, ``ground_truth_V_s``: each fit, the last two in the second
     process when ``jobs`` is 2, at the same time as the first; ``worker_wait_s``: waiting for them;
-    ``score_s`` and ``metrics_s``: scoring; ``plots_s``; ``write_s``: the JSON outputs;
+    ``score_s`` and ``metrics_s``: scoring; ``plots_s`` and ``plots_in`` (the process that drew them);
+    ``write_s``: the JSON outputs;
     ``fit_and_score_s``: fitting and scoring our method; ``wall_time_s``: the whole run, from
     reading the file) and the run's ``jobs``, ``threads`` (per process) and ``second_process``
     (``"fork"``, ``"spawn"`` or ``null``);
@@ -96,13 +97,13 @@ from metagen_ppl.domain.metagen_data import batch_videos, load_videos
 from metagen_ppl.domain.metrics import detector_baselines, split_means, world_state_frame_scores
 from metagen_ppl.apps.online_fits import em_existence, fit_online_units
 from metagen_ppl.engine.online import StepSchedule
-from metagen_ppl.apps.video_fits import (SecondProcess, SideJob, Units, fit_em_units, fit_mcmc_units, fit_svi_units,
-                                         meta_json, progress_bar, resolve_jobs, side_fit, video_model)
+from metagen_ppl.apps.video_fits import (PlotRequest, SecondProcess, SideJob, Units, draw_plot, fit_em_units,
+                                         fit_mcmc_units, fit_svi_units, meta_json, progress_bar, resolve_jobs, side_fit,
+                                         video_model)
 from metagen_ppl.engine.checkpoint import Checkpoint, CheckpointError, hash_file, hash_tensors
 from metagen_ppl.errors import DataError, MetagenError
 from metagen_ppl.io import atomic_write_json, load_json
 from metagen_ppl.util import check_seed
-from metagen_ppl.apps.plots import plot_video
 
 __all__ = ["evaluate", "METHODS", "LEARN_ON"]
 
@@ -208,8 +209,10 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
         The online step sizes (default 1 and 0: ``eta_i = 1/i``).
     jobs : "auto" or int
         Processes: ``1`` fits everything here, one fit after the other; ``2`` fits the lesioned model
-        and the ground-truth V in a second process while this one fits ours (they do not depend on it)
-        and draws the plots; the results are the same (bit for bit, with the same ``num_threads``).
+        and the ground-truth V in a second process while this one fits ours (they do not depend on it);
+        the plots are drawn by the second process when it has finished by the time ours is fitted (this
+        one scores meanwhile), else here; the outputs are the same (bit for bit, with the same
+        ``num_threads``).
         ``"auto"`` (default) is 2 when there is such a fit, the machine has 2 cores or more and the
         file has at least :data:`metagen_ppl.apps.video_fits.SECOND_PROCESS_FROM` frames (videos x
         frames; below that every fit takes a second or two and one process is simpler), else 1. The
@@ -349,8 +352,10 @@ def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, see
         side_jobs.append(SideJob("ground_truth", "truth", "V from the ground truth",
                                  {"truth": (b.gt_categories, b.gt_positions, b.gt_mask)}))
     side = None
+    chosen_plots = _plot_indices(plots, V)
     if resolve_jobs(jobs, sum(v.num_frames for v in videos), len(side_jobs), model) > 1:
-        side = SecondProcess(model, data, side_jobs, units, names, cam, torch.get_num_threads())
+        side = SecondProcess(model, data, side_jobs, units, names, cam, torch.get_num_threads(),
+                             {j: videos[j] for j in chosen_plots})
         cleanup.callback(side.stop)
         if progress:      # what runs beside the EM fit's progress
             say(f"{' and '.join(j.desc for j in side_jobs)}: fitting in a second process")
@@ -408,22 +413,29 @@ def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, see
              for j, (v, o) in enumerate(zip(videos, objs))]
     write_json("world_states.json", world)
 
-    # ---- plots (ours only: drawn while the second process, if any, still fits)
+    # ---- plots of ours: drawn by the second process if it has finished its fits (it has matplotlib ready
+    # and this process scores meanwhile), else here
     t1 = time.perf_counter()
     pdir = os.path.join(out_dir, "plots")
-    chosen_plots = _plot_indices(plots, V)
     if chosen_plots:
         os.makedirs(pdir, exist_ok=True)
-    written = []
+    requests = []
     for j in chosen_plots:
-        resp = resp_all[j] if resp_all is not None else None
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in videos[j].path)
-        fn = os.path.join(pdir, f"video_{safe}.png")
-        plot_video(fn, videos[j], objs[j], resp=resp,
-                   title=f"video {videos[j].path} ({method}): {len(objs[j])} inferred objects"
-                         + (f", {len(videos[j].gt_categories)} true" if videos[j].has_ground_truth else ""))
-        written.append(os.path.relpath(fn, out_dir))
-    timings["plots_s"] = time.perf_counter() - t1
+        requests.append(PlotRequest(
+            os.path.join(pdir, f"video_{safe}.png"), j, objs[j], resp_all[j] if resp_all is not None else None,
+            f"video {videos[j].path} ({method}): {len(objs[j])} inferred objects"
+            + (f", {len(videos[j].gt_categories)} true" if videos[j].has_ground_truth else "")))
+    written = [os.path.relpath(r.path, out_dir) for r in requests]
+    plots_elsewhere = []
+    if requests and side is not None and side.idle():
+        plots_elsewhere = side.draw(requests)
+        timings["plots_in"] = "second process"
+    elif requests:
+        for r in requests:
+            draw_plot(r, videos)
+        timings["plots_s"] = time.perf_counter() - t1
+        timings["plots_in"] = "main process"
 
     # ---- the scores that do not need the side fits: ours (every metric), EM's, the detector baselines
     metric_names = ("jaccard",) + (("box",) if has_box else ())
@@ -459,6 +471,8 @@ def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, see
             side_results[job.name] = side.result(job.name)
         else:
             side_results[job.name] = side_fit(spec, data, job, progress, units, names, cam)
+    if plots_elsewhere:
+        timings["plots_s"] = sum(side.result(name) for name in plots_elsewhere)
     if side is not None:
         timings["worker_wait_s"] = time.perf_counter() - t1
     meta = {"method": method, "learn_on": learn_on, "learned": meta_json(spec, learned, names, cam),

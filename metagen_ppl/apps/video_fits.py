@@ -26,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from metagen_ppl.apps.plots import plot_video
 from metagen_ppl.domain.metagen_data import SPLIT_A_SIZE
 from metagen_ppl.engine.checkpoint import Checkpoint, CheckpointError, FitInterrupted
 from metagen_ppl.engine.enumeration import EnumeratedModel
@@ -335,6 +336,38 @@ def side_fit(spec, data, job: SideJob, progress, units, names, camera) -> dict:
             "seconds": time.perf_counter() - t0, "resumed_from_round": fit.info.get("resumed_from_round")}
 
 
+@dataclasses.dataclass
+class PlotRequest:
+    """One video PNG of ``evaluate`` (:func:`draw_plot`), drawn here or in the second process."""
+
+    path: str
+    video: int                # the video's position in the file
+    objects: list             # [(category, [x, y, z]), ...]
+    resp: Optional[torch.Tensor]
+    title: str
+
+
+def draw_plot(request: PlotRequest, videos) -> float:
+    """Draw ``request`` (``videos``: the file's videos, by position, or a dict of the needed ones); its
+    seconds."""
+    t0 = time.perf_counter()
+    plot_video(request.path, videos[request.video], request.objects, resp=request.resp, title=request.title)
+    return time.perf_counter() - t0
+
+
+def warm_up_plots() -> None:
+    """Import matplotlib and load its fonts (about 0.6-0.8 s the first time in a process)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import to_rgba_array  # noqa: F401  (what plot_video imports)
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D  # noqa: F401
+
+    fig = Figure(figsize=(1, 1))
+    fig.suptitle("warm-up", fontsize=13)
+    fig.add_subplot().set_title("frame", fontsize=10)
+    FigureCanvasAgg(fig).draw()
+
+
 #: Frames (videos x frames) from which ``jobs="auto"`` runs the side jobs in a second process. With a free
 #: second core the run then takes about max(ours, lesioned + ground-truth V) instead of their sum: on the
 #: shared files (2000 frames) 8-9 s less; with the second core busy (another job) it costs nothing: the
@@ -409,7 +442,8 @@ def _stop_quietly(signum, frame):
 def _second_process(conn, payload, threads: int) -> None:
     """The second process: run the side jobs in order, send ``("ok", name, result, warnings)`` after each, or
     ``("error", name, payload, warnings)`` and stop at the first failure (the next would only add a checkpoint
-    that the resumed run repeats anyway)."""
+    that the resumed run repeats anyway). Then, if it was given videos to plot, get matplotlib ready and wait
+    for ``("plots", [PlotRequest, ...])`` (drawn, each answered like a job) or the end."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is for the main process; it stops this one
     signal.signal(signal.SIGTERM, _stop_quietly)
     if hasattr(signal, "pthread_sigmask"):
@@ -417,7 +451,7 @@ def _second_process(conn, payload, threads: int) -> None:
     torch.set_num_threads(threads)
     if isinstance(payload, bytes):
         payload = pickle.loads(payload)
-    model, data, jobs, units, names, camera = payload
+    model, data, jobs, units, names, camera, plot_videos = payload
     spec = None
     for job in jobs:
         with warnings.catch_warnings(record=True) as caught:
@@ -428,7 +462,29 @@ def _second_process(conn, payload, threads: int) -> None:
                 conn.send(("error", job.name, _error_payload(e), _warnings_payload(caught)))
                 return
         conn.send(("ok", job.name, result, _warnings_payload(caught)))
-    conn.close()
+    if not plot_videos:
+        return
+    # idle until ours is fitted: get matplotlib ready, then draw the plots this process is sent, if any
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            warm_up_plots()
+        except Exception:           # drawing will say what is wrong
+            pass
+    try:
+        message = conn.recv()
+    except EOFError:
+        return
+    if message[0] != "plots":
+        return
+    for request in message[1]:
+        name = f"plot {os.path.basename(request.path)}"
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                seconds = draw_plot(request, plot_videos)
+            except (Exception, KeyboardInterrupt) as e:
+                conn.send(("error", name, _error_payload(e), _warnings_payload(caught)))
+                return
+        conn.send(("ok", name, seconds, _warnings_payload(caught)))
 
 
 def _warnings_payload(caught) -> list:
@@ -444,9 +500,26 @@ def _pickles(obj) -> bool:
         return False
 
 
+#: How the second process starts: ``None`` (:func:`start_method`), or ``"spawn"`` / ``"forkserver"`` /
+#: ``"fork"`` always.
+START_METHOD: Optional[str] = None
+
+
+def start_method(threads: int) -> str:
+    """How the second process starts: :data:`START_METHOD` if set; else a fork on Linux when the worker runs
+    one torch thread (it never enters OpenMP, so a fork of a process that used OpenMP cannot hang; measured:
+    a fork after two-thread work hangs when the child uses two threads), else spawn."""
+    if START_METHOD is not None:
+        return START_METHOD
+    linux_fork = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+    return "fork" if linux_fork and threads == 1 else "spawn"
+
+
 class SecondProcess:
     """The side jobs (:class:`SideJob`) in one worker process, started by the constructor, while this
     process fits ours; :meth:`result` waits for one, :meth:`stop` ends the process (always call it).
+    Once its fits are done (:meth:`idle`) it can draw plots (:meth:`draw`) of the videos ``plot_videos``
+    (``{position: video}``), matplotlib imported while it waited.
 
     The worker is a fork of this process where that is safe -- on Linux with one torch thread in the
     worker: OpenMP is never entered, so a fork of a process that used OpenMP cannot hang -- and starts at
@@ -458,16 +531,15 @@ class SecondProcess:
     worker's traceback as ``__cause__``; one that cannot be sent back, or a worker that dies, is a
     :class:`SecondProcessError`)."""
 
-    def __init__(self, model, data, jobs, units, names, camera, threads: int):
+    def __init__(self, model, data, jobs, units, names, camera, threads: int, plot_videos=None):
         self.jobs = list(jobs)
         self.units = units
-        linux_fork = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
-        self.start_method = "fork" if linux_fork and threads == 1 else "spawn"
+        self.start_method = start_method(threads)
         ctx = multiprocessing.get_context(self.start_method)
-        payload = (os.fspath(model), data, self.jobs, units, list(names), camera)
+        payload = (os.fspath(model), data, self.jobs, units, list(names), camera, dict(plot_videos or {}))
         if self.start_method != "fork":
             payload = pickle.dumps(payload)
-        self.conn, child = ctx.Pipe(duplex=False)
+        self.conn, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(target=_second_process, args=(child, payload, threads), daemon=True,
                                    name="metagen-ppl evaluate (lesioned model, ground-truth V)")
         for stream in (sys.stdout, sys.stderr):   # a fork must not write this process's buffered output again
@@ -487,8 +559,9 @@ class SecondProcess:
         self.results = {}
         units.elsewhere.extend(j.name for j in self.jobs)
 
-    def result(self, name: str) -> dict:
-        """The result of the side job ``name`` (waits for it); raises the worker's exception."""
+    def result(self, name: str):
+        """The result of the side job ``name`` (waits for it; a plot's: its seconds); raises the worker's
+        exception."""
         while name not in self.results:
             if self.conn.poll(0.1):
                 try:
@@ -500,14 +573,32 @@ class SecondProcess:
                 raise self._died()
         return self.results[name]
 
+    def idle(self) -> bool:
+        """Whether every side job has finished (without waiting); raises the worker's exception."""
+        while self.conn.poll():
+            try:
+                message = self.conn.recv()
+            except EOFError:
+                raise self._died() from None
+            self._take(*message)
+        return all(j.name in self.results for j in self.jobs)
+
+    def draw(self, requests) -> list:
+        """Send plot requests (:class:`PlotRequest`, of videos given to the constructor) to the worker,
+        which has finished its fits; returns the names to wait for with :meth:`result`."""
+        self.conn.send(("plots", list(requests)))
+        return [f"plot {os.path.basename(r.path)}" for r in requests]
+
     def _take(self, kind, name, value, caught) -> None:
         for text, category, filename, lineno in caught:
             warnings.warn_explicit(text, category, filename, lineno)
         if kind == "ok":
             self.results[name] = value
-            self.units.done.append(name)
+            if not name.startswith("plot "):
+                self.units.done.append(name)
             return
-        self.units.current = name
+        if not name.startswith("plot "):
+            self.units.current = name
         raise _rebuild_error(name, value)
 
     def _died(self) -> SecondProcessError:
