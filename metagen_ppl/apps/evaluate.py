@@ -84,6 +84,7 @@ from metagen_ppl.domain.metrics import detector_baselines, split_means, world_st
 from metagen_ppl.apps.video_fits import (Units, fit_em_units, fit_mcmc_units, fit_svi_units, fit_unit, meta_json,
                                          progress_bar, video_model)
 from metagen_ppl.engine.checkpoint import Checkpoint, CheckpointError, hash_file, hash_tensors
+from metagen_ppl.engine.distributed import open_executor
 from metagen_ppl.errors import DataError, MetagenError
 from metagen_ppl.io import atomic_write_json, load_json
 from metagen_ppl.util import check_seed
@@ -138,7 +139,8 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
              plots: int = 3, lesioned: bool = True, ground_truth_V: bool = True, max_objects: int = 8,
              svi_steps: int = 300, svi_lr: float = 0.01, mcmc_videos: int = 3, mcmc_samples: int = 100,
              mcmc_warmup: int = 100, log=None, num_threads: Optional[int] = 1, checkpoint: bool = True,
-             resume: bool = False, model="projective", categories=None, camera=None) -> dict:
+             resume: bool = False, model="projective", categories=None, camera=None, scheduler=None,
+             chunk_size: int = 10) -> dict:
     """Fit every video of a MetaGen detection file and write world states, V and metrics.
 
     Parameters
@@ -174,6 +176,18 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
     camera : optional
         The camera, replacing the file's (:func:`metagen_ppl.domain.camera.parse_camera`: e.g.
         ``"pinhole:fx=500,fy=500,cx=320,cy=240,width=640,height=480"``).
+    scheduler : str or Executor, optional
+        ``None`` (default): the joint batched fit, everything in this process. Given
+        (``"inprocess"``, ``"processes[:N]"``, ``"tcp://host:port"`` or an
+        :class:`~metagen_ppl.engine.distributed.Executor`; :func:`~metagen_ppl.engine.distributed.make_executor`),
+        every structure-search fit (EM, lesioned, ground truth) is the model's map-reduce EM
+        (:func:`metagen_ppl.models.projective.fit_videos_mapreduce`: chunks of ``chunk_size`` videos fitted
+        with V fixed as independent tasks, V from their summed statistics each round) and the MCMC videos
+        are independent tasks, all on that scheduler. The results do not depend on where the tasks run
+        (``"inprocess"`` gives the same numbers as a cluster), but the map-reduce fit is not the batched
+        fit: its scores differ slightly (README: "Scale-out on Dask").
+    chunk_size : int
+        Videos per task of the map-reduce fit (with ``scheduler``).
     log : callable, optional
         Receives one-line status messages.
     num_threads : int or None
@@ -205,7 +219,9 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
         raise MetagenError("resume=True needs checkpoint=True (the units of the earlier run are in "
                            "OUT/checkpoints/)")
     spec = video_model(model)
-    units = Units(out_dir, bool(checkpoint), bool(resume), None)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise MetagenError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    units = Units(out_dir, bool(checkpoint), bool(resume), None, chunk_size=chunk_size)
     settings = dict(data_path=data_path, out_dir=out_dir, method=method, learn_on=learn_on, seed=seed,
                     progress=progress, plots=plots, lesioned=lesioned, ground_truth_V=ground_truth_V,
                     max_objects=max_objects, svi_steps=svi_steps, svi_lr=svi_lr, mcmc_videos=mcmc_videos,
@@ -218,7 +234,9 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
         previous = torch.get_num_threads()
         torch.set_num_threads(num_threads)
     try:
-        return _evaluate(spec, units, **settings)
+        with open_executor(scheduler, log=log) as executor:
+            units.executor = executor
+            return _evaluate(spec, units, **settings)
     except KeyboardInterrupt as e:
         raise units.interrupted(e) from e
     except CheckpointError as e:
@@ -276,7 +294,8 @@ def _evaluate(spec, units, *, data_path, out_dir, method, learn_on, seed, progre
                              "lesioned": lesioned, "ground_truth_V": ground_truth_V, "max_objects": max_objects,
                              "svi_steps": svi_steps, "svi_lr": svi_lr, "mcmc_videos": mcmc_videos,
                              "mcmc_samples": mcmc_samples, "mcmc_warmup": mcmc_warmup,
-                             "categories": names, "camera": cam.to_json()})
+                             "categories": names, "camera": cam.to_json(),
+                             **({} if units.executor is None else {"em_fit": f"map-reduce/{units.chunk_size}"})})
         done = None
         if units.resume:
             try:
@@ -364,6 +383,8 @@ def _evaluate(spec, units, *, data_path, out_dir, method, learn_on, seed, progre
     metrics = {"data": os.fspath(data_path), "model": spec.name, "method": method, "learn_on": learn_on, "seed": seed,
                "num_videos": V, "split_A": "videos 1-50 (file positions 0-49)",
                "split_B": "videos 51-100 (file positions 50-99)"}
+    if units.executor is not None:
+        metrics["scheduler"] = {"executor": units.executor.name, "fit": "map-reduce EM", "chunk_size": units.chunk_size}
     if has_gt:
         t1 = time.perf_counter()
         for metric in ("jaccard",) + (("box",) if has_box else ()):

@@ -7,6 +7,7 @@ import sys
 
 from metagen_ppl.apps.cli.common import EXIT_INTERRUPTED, Formatter, prepare_output, report_created, progress_enabled, seed_argument
 from metagen_ppl.apps.evaluate import LEARN_ON, METHODS, evaluate
+from metagen_ppl.engine.distributed import SCHEDULER_HELP
 
 
 def add_parser(sub, parents: dict):
@@ -56,6 +57,12 @@ def add_parser(sub, parents: dict):
                         "structure-search round; units of other data or settings are refused")
     p.add_argument("--no-checkpoint", action="store_true",
                    help="keep no checkpoints (OUT/checkpoints/, written atomically after every round and unit)")
+    p.add_argument("--scheduler", default=None, metavar="inprocess|processes[:N]|tcp://HOST:PORT",
+                   help=SCHEDULER_HELP + ". Given, every structure-search fit is the map-reduce EM (chunks of "
+                        "--chunk-size videos fitted with V fixed, V from their summed statistics each round; "
+                        "the same results wherever the chunks run, close to but not equal to the default batched "
+                        "fit) and the MCMC videos are independent tasks (default: the batched fit, in this process)")
+    p.add_argument("--chunk-size", type=int, default=10, help="videos per task of the map-reduce fit (--scheduler)")
     p.set_defaults(func=run, workload="batched")
     return p
 
@@ -91,7 +98,8 @@ def run(args) -> int:
                            log=lambda m: print(m, file=sys.stderr, flush=True), num_threads=None,
                            checkpoint=not getattr(args, "no_checkpoint", False),
                            resume=getattr(args, "resume", False), model=args.model,
-                           categories=getattr(args, "categories", None), camera=getattr(args, "camera", None))
+                           categories=getattr(args, "categories", None), camera=getattr(args, "camera", None),
+                           scheduler=getattr(args, "scheduler", None), chunk_size=getattr(args, "chunk_size", 10))
     except KeyboardInterrupt as e:
         detail = getattr(e, "detail", None) or "interrupted"
         print(f"metagen-ppl evaluate: {detail}", file=sys.stderr, flush=True)
