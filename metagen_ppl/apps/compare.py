@@ -52,9 +52,10 @@ from metagen_ppl.apps.report import (agreement_warnings, column_definitions, dia
                                      mcmc_summary, report_html, report_markdown, table_markdown, table_row)
 from metagen_ppl.engine.comparison import ComparisonSetup
 from metagen_ppl.engine.components import model_components
+from metagen_ppl.engine.distributed import Outcome, capture, open_executor
 from metagen_ppl.engine.em import fit_em
 from metagen_ppl.engine.mcmc import fit_mcmc
-from metagen_ppl.engine.registry import load_model, ModelSpec
+from metagen_ppl.engine.registry import load_model, load_reference, model_reference, ModelSpec
 from metagen_ppl.engine.result import FitResult
 from metagen_ppl.engine.svi import fit_svi
 from metagen_ppl.engine.validate import check_data, check_num_objects
@@ -62,7 +63,7 @@ from metagen_ppl.errors import DataError, MetagenError, ModelError
 from metagen_ppl.io import (atomic_path, atomic_write_json, atomic_write_text, data_from_json, load_json,
                             num_objects_from_json, to_jsonable)
 from metagen_ppl.models.categorical import strategies as cat
-from metagen_ppl.util import check_seed
+from metagen_ppl.util import check_seed, torch_threads
 
 __all__ = ["compare", "Budget", "ComparisonSetup", "default_setup", "diagnose",
            "BASE_METHODS", "CATEGORY_STRATEGIES"]
@@ -347,6 +348,42 @@ def _run_method(spec: ModelSpec, setup: ComparisonSetup, method: str, budget: Bu
     return res
 
 
+def run_method_unit(payload: dict, method: str, budget: Budget, seed: int) -> Outcome:
+    """One method of a comparison as a task of ``--scheduler`` (any process): the model loaded from its
+    reference, the set-up's data, structure and start from ``payload``; the :class:`Outcome` (result or
+    error, and the warnings) instead of raising, so that a failing method is a row, not a retried task."""
+    spec = load_reference(payload["model"])
+    setup = ComparisonSetup(data=payload["data"], num_objects=payload["num_objects"], options=payload["options"],
+                            init=payload["init"], mcmc_init_chains=payload["mcmc_init_chains"],
+                            category_strategies=payload["category_strategies"])
+    with torch_threads(payload["threads"]):
+        return capture(_run_method, spec, setup, method, budget, seed, False)
+
+
+def _run_on_executor(executor, spec, setup, pending, budget, seed, names, results, out_dir, log, run_and_save):
+    """The ``pending`` methods as independent tasks on ``executor`` (:func:`run_method_unit`); each is saved
+    as soon as it finishes (``run_and_save``), in the order they finish."""
+    payload = {"model": model_reference(spec), "data": setup.data, "num_objects": setup.num_objects,
+               "options": setup.options, "init": setup.init, "mcmc_init_chains": setup.mcmc_init_chains,
+               "category_strategies": tuple(setup.category_strategies), "threads": torch.get_num_threads()}
+    log(f"{', '.join(m for _, m, *_ in pending)}: {len(pending)} task(s) on {executor.name}")
+    shared = executor.scatter([payload], broadcast=True)[0]
+
+    def finished(k, outcome):
+        i, m, fp, settings, inputs = pending[k]
+        run_and_save(i, m, fp, settings, inputs, outcome.unwrap, outcome.traceback)
+
+    n = len(pending)
+    try:
+        executor.map(run_method_unit, [shared] * n, [m for _, m, *_ in pending], [budget] * n, [seed] * n,
+                     key="compare-method", on_result=finished)
+    except KeyboardInterrupt as e:
+        done = [m for m in names if m in results]
+        kept = f" (finished: {', '.join(done)})" if done else ""
+        raise FitInterrupted(out_dir, None, f"interrupted while methods ran on {executor.name}; rerun the same "
+                                            f"command with --resume to continue{kept}; results in {out_dir}") from e
+
+
 def _method_settings(method: str, budget: Budget) -> dict:
     b = dataclasses.asdict(budget)
     if method.startswith("em"):
@@ -548,7 +585,7 @@ def compare(model="baseline", data=None, *, out_dir="metagen-compare", seed: int
             num_objects: Optional[int] = None, options: Optional[dict] = None, dtype="float64",
             budget: Optional[Budget] = None, simulation: Optional[tuple] = None, resume: bool = False,
             progress: bool = False, threads: Optional[int] = 1,
-            log: Optional[Callable[[str], None]] = None, **budget_kw) -> dict:
+            log: Optional[Callable[[str], None]] = None, scheduler=None, **budget_kw) -> dict:
     """Run EM, SVI-MAP, SVI-AutoNormal and MCMC on one model and data set; write the report.
 
     Parameters
@@ -581,6 +618,11 @@ def compare(model="baseline", data=None, *, out_dir="metagen-compare", seed: int
         fastest for the small tensors of these models: more threads only add
         synchronisation, and on a busy machine they oversubscribe the cores
         (measured up to 10x slower NUTS). ``None`` keeps torch's setting.
+    scheduler : str or Executor, optional
+        ``None`` (default): the methods one after another in this process. Given (``"inprocess"``,
+        ``"processes[:N]"``, ``"tcp://host:port"`` or an :class:`~metagen_ppl.engine.distributed.Executor`),
+        every method to run is an independent task on that scheduler (the set-up, e.g. a structure
+        search, still runs here), each saved as soon as it finishes; the results are the same.
 
     Returns
     -------
@@ -593,14 +635,15 @@ def compare(model="baseline", data=None, *, out_dir="metagen-compare", seed: int
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, budget, simulation,
-                        resume, progress, log, budget_kw)
+        with open_executor(scheduler, log=log) as executor:
+            return _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, budget, simulation,
+                            resume, progress, log, budget_kw, executor)
     finally:
         torch.set_num_threads(saved_threads)
 
 
 def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, budget, simulation, resume,
-             progress, log, budget_kw) -> dict:
+             progress, log, budget_kw, executor=None) -> dict:
     t_start = time.perf_counter()
     log = log or (lambda msg: None)
     spec = load_model(model)
@@ -644,24 +687,14 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
     if resume:
         _check_resumed_data(out_dir, names, data_fp)
     results, statuses = {}, {}
-    for i, m in enumerate(names, 1):
-        settings = _method_settings(m, budget)
-        inputs = {**common_fp, "method": m, "settings": settings}
-        fp = _fingerprint(inputs)
-        if resume:
-            loaded = _load_method(out_dir, m, fp, inputs)
-            if isinstance(loaded, tuple):
-                results[m], statuses[m] = loaded
-                log(f"[{i}/{len(names)}] {m}: finished in an earlier run, reused (--resume)")
-                continue
-            log(f"[{i}/{len(names)}] {m}: runs again (--resume): {loaded}")
-        log(f"[{i}/{len(names)}] {m} ...")
+
+    def run_and_save(i, m, fp, settings, inputs, compute, remote_traceback=None):
         status = {"method": m, "fingerprint": fp, "settings": settings, "inputs": inputs}
         res = None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                res = _run_method(spec, setup, m, budget, seed, progress)
+                res = compute()
                 bad = [k for k, v in res.params.items() if torch.is_tensor(v) and v.is_floating_point()
                        and not torch.isfinite(v).all()]
                 if bad or not math.isfinite(res.log_likelihood):
@@ -675,7 +708,7 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
             except Exception as e:
                 res = None
                 status.update(status="failed", error=f"{type(e).__name__}: {' '.join(str(e).split())}",
-                              traceback=traceback.format_exc())
+                              traceback=remote_traceback or traceback.format_exc())
         status["warnings"] = sorted({" ".join(str(w.message).split()) for w in caught})
         if res is not None:
             res.info["has_samples"] = bool(res.samples)
@@ -687,6 +720,26 @@ def _compare(model, data, out_dir, seed, methods, num_objects, options, dtype, b
                f"{res.wall_time_s:.1f} s"
                if res is not None else f"{m}: FAILED ({status['error']})")
         log(f"[{i}/{len(names)}] " + msg)
+
+    pending = []                                  # with a scheduler: the methods to run there
+    for i, m in enumerate(names, 1):
+        settings = _method_settings(m, budget)
+        inputs = {**common_fp, "method": m, "settings": settings}
+        fp = _fingerprint(inputs)
+        if resume:
+            loaded = _load_method(out_dir, m, fp, inputs)
+            if isinstance(loaded, tuple):
+                results[m], statuses[m] = loaded
+                log(f"[{i}/{len(names)}] {m}: finished in an earlier run, reused (--resume)")
+                continue
+            log(f"[{i}/{len(names)}] {m}: runs again (--resume): {loaded}")
+        if executor is not None:
+            pending.append((i, m, fp, settings, inputs))
+            continue
+        log(f"[{i}/{len(names)}] {m} ...")
+        run_and_save(i, m, fp, settings, inputs, lambda: _run_method(spec, setup, m, budget, seed, progress))
+    if pending:
+        _run_on_executor(executor, spec, setup, pending, budget, seed, names, results, out_dir, log, run_and_save)
 
     # R-hat and ESS once per MCMC result, for the table and the diagnostics
     summaries = {m: mcmc_summary(r) for m, r in results.items() if r is not None and m == "mcmc"}

@@ -101,6 +101,7 @@ from metagen_ppl.apps.video_fits import (PlotRequest, SecondProcess, SideJob, Un
                                          fit_mcmc_units, fit_svi_units, meta_json, progress_bar, resolve_jobs, side_fit,
                                          video_model)
 from metagen_ppl.engine.checkpoint import Checkpoint, CheckpointError, hash_file, hash_tensors
+from metagen_ppl.engine.distributed import open_executor
 from metagen_ppl.errors import DataError, MetagenError
 from metagen_ppl.io import atomic_write_json, load_json
 from metagen_ppl.util import check_seed
@@ -155,7 +156,8 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
              svi_steps: int = 300, svi_lr: float = 0.01, mcmc_videos: int = 3, mcmc_samples: int = 100,
              mcmc_warmup: int = 100, log=None, num_threads: Optional[int] = 1, checkpoint: bool = True,
              resume: bool = False, model="projective", categories=None, camera=None, jobs="auto",
-             online: bool = False, step_kappa: float = 1.0, step_t0: float = 0.0) -> dict:
+             online: bool = False, step_kappa: float = 1.0, step_t0: float = 0.0, scheduler=None,
+             chunk_size: int = 10) -> dict:
     """Fit every video of a MetaGen detection file and write world states, V and metrics.
 
     Parameters
@@ -191,6 +193,18 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
     camera : optional
         The camera, replacing the file's (:func:`metagen_ppl.domain.camera.parse_camera`: e.g.
         ``"pinhole:fx=500,fy=500,cx=320,cy=240,width=640,height=480"``).
+    scheduler : str or Executor, optional
+        ``None`` (default): the joint batched fit, everything in this process. Given
+        (``"inprocess"``, ``"processes[:N]"``, ``"tcp://host:port"`` or an
+        :class:`~metagen_ppl.engine.distributed.Executor`; :func:`~metagen_ppl.engine.distributed.make_executor`),
+        every structure-search fit (EM, lesioned, ground truth) is the model's map-reduce EM
+        (:func:`metagen_ppl.models.projective.fit_videos_mapreduce`: chunks of ``chunk_size`` videos fitted
+        with V fixed as independent tasks, V from their summed statistics each round) and the MCMC videos
+        are independent tasks, all on that scheduler. The results do not depend on where the tasks run
+        (``"inprocess"`` gives the same numbers as a cluster), but the map-reduce fit is not the batched
+        fit: its scores differ slightly (README: "Scale-out on Dask").
+    chunk_size : int
+        Videos per task of the map-reduce fit (with ``scheduler``).
     log : callable, optional
         Receives one-line status messages.
     num_threads : int or None
@@ -245,7 +259,9 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
         raise MetagenError("resume=True needs checkpoint=True (the units of the earlier run are in "
                            "OUT/checkpoints/)")
     spec = video_model(model)
-    units = Units(out_dir, bool(checkpoint), bool(resume), None)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise MetagenError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    units = Units(out_dir, bool(checkpoint), bool(resume), None, chunk_size=chunk_size)
     settings = dict(data_path=data_path, out_dir=out_dir, method=method, learn_on=learn_on, seed=seed,
                     progress=progress, plots=plots, lesioned=lesioned, ground_truth_V=ground_truth_V,
                     max_objects=max_objects, svi_steps=svi_steps, svi_lr=svi_lr, mcmc_videos=mcmc_videos,
@@ -258,7 +274,9 @@ def evaluate(data_path, out_dir, method: str = "em", learn_on: str = "all", seed
         previous = torch.get_num_threads()
         torch.set_num_threads(num_threads)
     try:
-        with contextlib.ExitStack() as cleanup:   # stops the second process, if any, on every way out
+        with contextlib.ExitStack() as cleanup, open_executor(scheduler, log=log) as executor:
+            # cleanup stops the second process, if any, on every way out
+            units.executor = executor
             return _evaluate(spec, units, cleanup, **settings)
     except KeyboardInterrupt as e:
         raise units.interrupted(e) from e
@@ -295,6 +313,9 @@ def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, see
             raise MetagenError("online=True (--online) learns V with EM over every video in file order: it needs "
                                "method 'em' and learn_on 'all'")
         schedule = StepSchedule(step_kappa, step_t0)
+        if units.executor is not None:
+            raise MetagenError("online=True (--online) fits the videos one after another in this process; drop "
+                               "scheduler (--scheduler)")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise DataError(f"output directory {os.fspath(out_dir)!r} is an existing file; give a directory")
     say = log or (lambda m: None)
@@ -324,7 +345,8 @@ def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, see
                              "svi_steps": svi_steps, "svi_lr": svi_lr, "mcmc_videos": mcmc_videos,
                              "mcmc_samples": mcmc_samples, "mcmc_warmup": mcmc_warmup,
                              "categories": names, "camera": cam.to_json(),
-                             **({"online": schedule.to_json()} if online else {})})
+                             **({"online": schedule.to_json()} if online else {}),
+                             **({} if units.executor is None else {"em_fit": f"map-reduce/{units.chunk_size}"})})
         done = None
         if units.resume:
             try:
@@ -353,7 +375,8 @@ def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, see
                                  {"truth": (b.gt_categories, b.gt_positions, b.gt_mask)}))
     side = None
     chosen_plots = _plot_indices(plots, V)
-    if resolve_jobs(jobs, sum(v.num_frames for v in videos), len(side_jobs), model) > 1:
+    # with --scheduler the side fits are map-reduce fits on the executor, run from this process
+    if units.executor is None and resolve_jobs(jobs, sum(v.num_frames for v in videos), len(side_jobs), model) > 1:
         side = SecondProcess(model, data, side_jobs, units, names, cam, torch.get_num_threads(),
                              {j: videos[j] for j in chosen_plots})
         cleanup.callback(side.stop)
@@ -507,6 +530,8 @@ def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, see
     metrics = {"data": os.fspath(data_path), "model": spec.name, "method": method, "learn_on": learn_on, "seed": seed,
                "num_videos": V, "split_A": "videos 1-50 (file positions 0-49)",
                "split_B": "videos 51-100 (file positions 50-99)"}
+    if units.executor is not None:
+        metrics["scheduler"] = {"executor": units.executor.name, "fit": "map-reduce EM", "chunk_size": units.chunk_size}
     if has_gt:
         t1 = time.perf_counter()
         metrics_by = {}

@@ -29,11 +29,12 @@ import torch
 from metagen_ppl.apps.plots import plot_video
 from metagen_ppl.domain.metagen_data import SPLIT_A_SIZE
 from metagen_ppl.engine.checkpoint import Checkpoint, CheckpointError, FitInterrupted
+from metagen_ppl.engine.distributed import capture
 from metagen_ppl.engine.enumeration import EnumeratedModel
-from metagen_ppl.engine.registry import ModelSpec, load_model
+from metagen_ppl.engine.registry import ModelSpec, load_model, load_reference, model_reference
 from metagen_ppl.engine.svi import fit_svi
 from metagen_ppl.errors import DataError, ModelError
-from metagen_ppl.util import make_progress
+from metagen_ppl.util import make_progress, torch_threads
 
 
 #: What a video model module provides to ``evaluate`` (the ``projective`` model's functions; a variant
@@ -59,6 +60,8 @@ def progress_bar(total, desc, enabled, unit="video"):
 
 
 def fit_unit(spec, data, mode, progress, desc, params=None, truth=None, units=None, name=None, **kw):
+    if units is not None and units.executor is not None:     # --scheduler: the map-reduce fit
+        return fit_unit_mapreduce(spec, data, mode, progress, desc, params, truth, units, name, **kw)
     if units is not None:
         kw.update(units.fit_kwargs(name))
     bar = progress_bar(data["cams"].shape[0], desc, progress)
@@ -82,6 +85,32 @@ def fit_unit(spec, data, mode, progress, desc, params=None, truth=None, units=No
     return fit
 
 
+def fit_unit_mapreduce(spec, data, mode, progress, desc, params, truth, units, name, **kw):
+    """:func:`fit_unit` with a scheduler (``units.executor``): the model's ``fit_videos_mapreduce`` (map-reduce
+    EM over chunks of ``units.chunk_size`` videos), its checkpoint ``mapreduce_<name>``."""
+    fitter = getattr(spec.module, "fit_videos_mapreduce", None)
+    if not callable(fitter):
+        raise ModelError(f"model {spec.name!r} has no fit_videos_mapreduce (needed by --scheduler); a variant of the "
+                         "projective model gets it with `from metagen_ppl.models.projective import *`")
+    name = f"mapreduce_{name}"
+    kw.update(units.fit_kwargs(name))
+    bar = progress_bar(None, f"{desc}, map-reduce rounds on {units.executor.name}", progress, unit="round")
+
+    def cb(rnd, entry):
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(change=f"{entry['change']:.1e}", objects=entry.get("objects"))
+
+    try:
+        fit = fitter(data, units.executor, mode=mode, params=params, truth=truth, progress=cb,
+                     chunk_size=units.chunk_size, **dict(spec.default_options, **kw))
+    finally:
+        if bar is not None:
+            bar.close()
+    units.finished(name)
+    return fit
+
+
 class Units:
     """The resumable units of one ``evaluate`` run, each with its file in ``OUT/checkpoints/``.
 
@@ -94,7 +123,7 @@ class Units:
     (:class:`metagen_ppl.engine.checkpoint.CheckpointError`).
     """
 
-    def __init__(self, out_dir, enabled: bool, resume: bool, data_hash: str):
+    def __init__(self, out_dir, enabled: bool, resume: bool, data_hash: str, executor=None, chunk_size: int = 10):
         self.dir = os.path.join(out_dir, "checkpoints") if enabled else None
         self.resume = resume
         self.data_hash = data_hash
@@ -102,6 +131,9 @@ class Units:
         self.current = None
         #: units running in the second process (:class:`SecondProcess`), not finished yet
         self.elsewhere = []
+        #: where the units run (``--scheduler``: a :class:`~metagen_ppl.engine.distributed.Executor`; ``None``:
+        #: the default path, the joint batched fit and a loop here); the map-reduce fit's videos per chunk
+        self.executor, self.chunk_size = executor, chunk_size
 
     def path(self, name):
         return None if self.dir is None else os.path.join(self.dir, name + ".json")
@@ -119,18 +151,27 @@ class Units:
     def compute(self, name, settings: dict, fn):
         """``fn()`` (a JSON-able result: numbers, lists, tuples, dicts, tensors), or its stored result."""
         self.current = name
-        if self.dir is None:
+        out = self.stored(name, settings)
+        if out is None:
             out = fn()
-        else:
-            ck = Checkpoint(self.path(name), "evaluate unit", self.data_hash, dict(settings, unit=name))
-            st = ck.load() if self.resume else None
-            if st is not None and st["done"]:
-                out = st["state"]["result"]
-            else:
-                out = fn()
-                ck.save(1, {"result": out}, done=True)
+            self.store(name, settings, out)
         self.finished(name)
         return out
+
+    def _unit(self, name, settings) -> Checkpoint:
+        return Checkpoint(self.path(name), "evaluate unit", self.data_hash, dict(settings, unit=name))
+
+    def stored(self, name, settings: dict):
+        """The stored result of a finished unit (with ``resume``), else ``None``."""
+        if self.dir is None or not self.resume:
+            return None
+        st = self._unit(name, settings).load()
+        return st["state"]["result"] if st is not None and st["done"] else None
+
+    def store(self, name, settings: dict, result) -> None:
+        """Keep a finished unit's result (atomically; nothing without checkpoints)."""
+        if self.dir is not None:
+            self._unit(name, settings).save(1, {"result": result}, done=True)
 
     def interrupted(self, e: KeyboardInterrupt):
         """The :class:`FitInterrupted` to raise: one line saying what was kept and how to resume."""
@@ -204,7 +245,7 @@ def fit_em_units(spec, data, videos, learn_on, progress, kw, units=None) -> EMFi
                        name="em_learn_all",
                    **kw)
         return EMFits(fit.objects(), V_params(fit.values), {"fits": [fit_info(fit)]}, [fit], [list(range(V))],
-                       fit.resp)
+                      fit.posteriors.get("z"))
     if not idx_a:
         raise DataError("--learn-on train needs videos 1-50 (split A) to learn V on")
     fit_a = fit_unit(spec, spec.module.select_videos(data, idx_a), "learn", progress, "EM fit, split A (V learned)",
@@ -277,6 +318,9 @@ def svi_one(spec, data, fit, idx, seed, steps, lr, progress):
 
 
 def fit_mcmc_units(spec, data, fits, index_sets, objs_em, chosen, seed, samples, warmup, progress, units=None):
+    if units is not None and units.executor is not None:
+        return mcmc_units_on_executor(spec, data, fits, index_sets, objs_em, chosen, seed, samples, warmup, progress,
+                                      units)
     objs = [list(o) for o in objs_em]
     where = {}
     for f, idx in zip(fits, index_sets):
@@ -620,3 +664,70 @@ class SecondProcess:
                 self.process.kill()
         self.process.join()
         self.conn.close()
+
+
+def mcmc_video_unit(model, sub, values, cats, active, samples, warmup, seed, threads=1):
+    """NUTS over the objects of one video (``sub``, structure ``cats``/``active`` (1, K) and V ``values`` from
+    EM): ``(objects, info)``. A task of ``--scheduler`` runs (``model``: a spec or a
+    :func:`~metagen_ppl.engine.registry.model_reference`), with ``threads`` torch threads wherever it runs."""
+    spec = model if isinstance(model, ModelSpec) else load_reference(model)
+    with torch_threads(threads):
+        r = spec.module.nuts_locations(sub, values, cats, active, **spec.default_options, num_samples=samples,
+                                       warmup_steps=warmup, seed=seed)
+    ks = active[0].nonzero().reshape(-1).tolist()
+    obj = [(int(cats[0, k]), [float(x) for x in r["mean"][i]]) for i, k in enumerate(ks)]
+    sd = r["samples"].std(0) if r["samples"].shape[0] > 1 else torch.zeros_like(r["mean"])
+    return obj, {"num_objects": len(ks), "divergences": r["divergences"], "accept_prob": r["accept_prob"],
+                 "posterior_sd": sd.tolist(), "wall_time_s": r["wall_time_s"]}
+
+
+def mcmc_units_on_executor(spec, data, fits, index_sets, objs_em, chosen, seed, samples, warmup, progress, units):
+    """:func:`fit_mcmc_units` with a scheduler: the videos not finished earlier run as independent tasks
+    (:func:`mcmc_video_unit`) on ``units.executor``; each is stored as soon as it finishes."""
+    objs = [list(o) for o in objs_em]
+    where = {}
+    for f, idx in zip(fits, index_sets):
+        for pos, j in enumerate(idx):
+            where[j] = (f, pos)
+    results, todo = {}, []
+    for j in chosen:
+        fit, pos = where[j]
+        settings = {"seed": seed, "mcmc_samples": samples, "mcmc_warmup": warmup, "em_fit": fit_hash(fit)}
+        done = units.stored(f"mcmc_video_{j}", settings)
+        if done is not None:
+            results[j] = done
+            units.finished(f"mcmc_video_{j}")
+            continue
+        values = dict(fit.values)
+        values["locs"] = fit.values["locs"][pos:pos + 1]
+        todo.append((j, settings, (spec.module.select_videos(data, [j]), values, fit.cats[pos:pos + 1],
+                                   fit.active[pos:pos + 1])))
+    bar = progress_bar(len(chosen), f"MCMC (NUTS) on {units.executor.name}", progress)
+    if bar is not None:
+        bar.update(len(results))
+    ref = model_reference(spec)
+
+    def finished(k, outcome):
+        j, settings, _ = todo[k]
+        obj, info = outcome.unwrap()          # a video that failed stops the run, as without a scheduler
+        results[j] = (obj, {"video": j, **info})
+        units.store(f"mcmc_video_{j}", settings, results[j])
+        units.finished(f"mcmc_video_{j}")
+        if bar is not None:
+            bar.update(1)
+
+    n = len(todo)
+    try:
+        if todo:
+            units.current = "mcmc videos"
+            subs, values, cats, active = zip(*(t[2] for t in todo))
+            units.executor.map(capture, [mcmc_video_unit] * n, [ref] * n, subs, values, cats, active, [samples] * n,
+                               [warmup] * n, [seed + t[0] for t in todo], key="mcmc-video", on_result=finished)
+    finally:
+        if bar is not None:
+            bar.close()
+    infos = []
+    for j in chosen:
+        objs[j], info = results[j]
+        infos.append(info)
+    return objs, infos

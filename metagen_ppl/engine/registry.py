@@ -74,6 +74,7 @@ variant with the same commands. This module imports no model.
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.metadata
 import importlib.util
 import os
@@ -186,3 +187,28 @@ def load_model(name_or_path) -> ModelSpec:
         raise ModelError(f"unknown model {text!r}; built-in models are: {', '.join(sorted(table))} "
                          "(or give the path of a .py file that defines `model`)")
     return _spec_from_module(text, table[text].load())
+
+
+def model_reference(spec: ModelSpec) -> str:
+    """What another process needs to load the same model with :func:`load_model`: the importable module's
+    dotted name (a built-in or installed model), else the path of the model's ``.py`` file (a user's
+    file, which must then exist at that path for the other process, e.g. on every worker of a cluster)."""
+    module = spec.module
+    name = getattr(module, "__name__", "")
+    path = getattr(module, "__file__", None)
+    if name and not name.startswith("metagen_user_model_"):
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return name
+        except (ImportError, ValueError):
+            pass
+    if path:
+        return os.path.abspath(path)
+    raise ModelError(f"model {spec.name!r} was not loaded from a module or a file; another process cannot load it")
+
+
+def load_reference(reference: str) -> ModelSpec:
+    """The :class:`ModelSpec` of a :func:`model_reference` (in another process)."""
+    if reference.endswith(".py") or os.sep in reference or "/" in reference:
+        return load_model(reference)
+    return load_model(importlib.import_module(reference))

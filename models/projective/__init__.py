@@ -11,6 +11,7 @@ The generative story is in :mod:`.generative`. The package is the model's hooks
 :mod:`.structure`   :class:`ProjectiveSearch`: the continuous phase, deaths, state (for the engine's search)
 :mod:`.fit`         :func:`fit_videos` and its :class:`VideoFitResult`
 :mod:`.online`      :func:`fit_videos_online`: V learned as the videos arrive (stepwise EM)
+:mod:`.mapreduce`   :func:`fit_videos_mapreduce`: map-reduce EM over chunks of videos (any executor, e.g. Dask)
 :mod:`.simulate`    ``simulate``, ``simulate_file``: videos in the MetaGen detection format (any camera)
 :mod:`.nuts`        :func:`nuts_locations`: NUTS over one video's object locations
 :mod:`.comparison`  ``prepare_comparison`` for ``metagen-ppl compare``
@@ -25,6 +26,7 @@ from metagen_ppl.models.projective.generative import (COMPONENT_SITES, DEFAULTS,
                                                       model, num_bins, object_pixels, params_from_json,
                                                       params_to_json, pixel_to_ray, prior_params, project,
                                                       score_bins, select_videos)
+from metagen_ppl.models.projective.mapreduce import fit_videos_mapreduce
 from metagen_ppl.models.projective.mstep import (closed_form_mstep, gauss_newton_locations, location_mstep,
                                                  location_objective, mstep_from_statistics, sufficient_statistics)
 from metagen_ppl.models.projective.nuts import nuts_locations
@@ -34,7 +36,8 @@ from metagen_ppl.models.projective.simulate import simulate, simulate_file
 from metagen_ppl.models.projective.structure import MODES, ProjectiveSearch
 
 __all__ = ["COMPARE_BUDGET", "COMPARE_SIMULATION", "prepare_comparison", "estep", "frame_terms", "joint_log_terms",
-           "video_log_likelihood", "VideoFitResult", "compact_structure", "fit_videos", "COMPONENT_SITES",
+           "video_log_likelihood", "VideoFitResult", "compact_structure", "fit_videos", "fit_videos_mapreduce",
+           "COMPONENT_SITES",
            "DEFAULTS", "IMPOSSIBLE", "LOCATION_SITE", "LOG_AREA", "ROOM_BOX", "SCORE_EDGES", "PixelDetection",
            "assignment_logits", "category_intensity", "data_from_videos", "initialize", "log_prior", "model",
            "num_bins", "object_pixels", "params_from_json", "params_to_json", "pixel_to_ray", "prior_params",

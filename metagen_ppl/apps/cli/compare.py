@@ -8,6 +8,7 @@ import sys
 from metagen_ppl.apps.cli.common import (Formatter, check_model_options, parse_options, finish_comparison, prepare_output,
                                          progress_enabled, say, seed_argument)
 from metagen_ppl.apps.compare import BASE_METHODS, Budget, compare
+from metagen_ppl.engine.distributed import SCHEDULER_HELP
 from metagen_ppl.engine.registry import load_model
 from metagen_ppl.errors import MetagenError
 
@@ -36,6 +37,9 @@ def add_parser(sub, parents: dict):
                    help="number of objects K (default: the data file's num_objects)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="floating-point precision")
     p.add_argument("--resume", action="store_true", help="reuse the methods already finished in --out")
+    p.add_argument("--scheduler", default=None, metavar="inprocess|processes[:N]|tcp://HOST:PORT",
+                   help=SCHEDULER_HELP + "; each method is an independent task there, saved as it finishes "
+                        "(default: one after another in this process)")
     g = p.add_argument_group("budgets (default: the model's own, else the values shown)")
     d = Budget()
     for name, typ, help_ in (("em_inits", int, "EM restarts"), ("em_max_iter", int, "EM iteration limit"),
@@ -67,5 +71,6 @@ def run(args) -> int:
     summary = compare(spec, args.data, out_dir=args.out, seed=args.seed, methods=methods,
                       num_objects=args.num_objects, options=options, dtype=args.dtype, resume=args.resume,
                       threads=None,                    # set by the command line (--threads)
-                      progress=progress_enabled(args), log=lambda m: say(m, file=sys.stderr), **budget_kw)
+                      progress=progress_enabled(args), log=lambda m: say(m, file=sys.stderr),
+                      scheduler=getattr(args, "scheduler", None), **budget_kw)
     return finish_comparison(summary, created)

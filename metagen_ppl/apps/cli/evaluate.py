@@ -7,6 +7,7 @@ import sys
 
 from metagen_ppl.apps.cli.common import EXIT_INTERRUPTED, Formatter, prepare_output, report_created, progress_enabled, seed_argument
 from metagen_ppl.apps.evaluate import LEARN_ON, METHODS, evaluate
+from metagen_ppl.engine.distributed import SCHEDULER_HELP
 
 
 def add_parser(sub, parents: dict):
@@ -71,6 +72,12 @@ def add_parser(sub, parents: dict):
     # --threads auto: one torch thread in each process (two processes use the two cores; two threads in one
     # process were 0.8-0.9x the time of one on an idle machine, 2-4x slower when anything else runs, and
     # change the last bits of the fits)
+    p.add_argument("--scheduler", default=None, metavar="inprocess|processes[:N]|tcp://HOST:PORT",
+                   help=SCHEDULER_HELP + ". Given, every structure-search fit is the map-reduce EM (chunks of "
+                        "--chunk-size videos fitted with V fixed, V from their summed statistics each round; "
+                        "the same results wherever the chunks run, close to but not equal to the default batched "
+                        "fit) and the MCMC videos are independent tasks (default: the batched fit, in this process)")
+    p.add_argument("--chunk-size", type=int, default=10, help="videos per task of the map-reduce fit (--scheduler)")
     p.set_defaults(func=run, workload="small")
     return p
 
@@ -121,7 +128,8 @@ def run(args) -> int:
                            resume=getattr(args, "resume", False), model=args.model,
                            categories=getattr(args, "categories", None), camera=getattr(args, "camera", None),
                            jobs=getattr(args, "jobs", "auto"), online=getattr(args, "online", False),
-                           step_kappa=getattr(args, "step_kappa", 1.0), step_t0=getattr(args, "step_t0", 0.0))
+                           step_kappa=getattr(args, "step_kappa", 1.0), step_t0=getattr(args, "step_t0", 0.0),
+                           scheduler=getattr(args, "scheduler", None), chunk_size=getattr(args, "chunk_size", 10))
     except KeyboardInterrupt as e:
         detail = getattr(e, "detail", None) or "interrupted"
         print(f"metagen-ppl evaluate: {detail}", file=sys.stderr, flush=True)
