@@ -29,7 +29,7 @@ wall time and stages. The table has one column per file (and per checkout with `
 
 Stages marked ``||`` ran in the second process, at the same time as the main one (the fits while ours
 is fitted; the plots, when they are drawn there, while the main process scores): they are not part of
-the sum. The split scores of every run are compared across repeats and checkouts; a difference is
+the sum (``|``: in some of the runs). The split scores of every run are compared across repeats and checkouts; a difference is
 printed (and is a failure of the speed work: it must not change any number).
 
 Examples::
@@ -180,7 +180,10 @@ def stage_values(runs: list) -> dict:
                     if label not in elsewhere(r)) for r in runs]
     out["other"] = statistics.median(r["timings"]["wall_time_s"] - s for r, s in zip(runs, main_sum))
     out["parallel"] = parallel
-    out["elsewhere"] = elsewhere(runs[0])
+    # a stage is marked when it ran in the second process in every run ("|" in some of them)
+    out["mark"] = {label: (" ||" if all(label in elsewhere(r) for r in runs) else
+                           " | " if any(label in elsewhere(r) for r in runs) else "   ") for label, _ in STAGES}
+    out["mark"]["other"] = "   "
     return out
 
 
@@ -214,8 +217,7 @@ def table(columns: dict) -> str:
     lines.append(row("startup (imports)", [fmt(median(n, "process", lambda r: r["wall"] - r["timings"]["wall_time_s"]))
                                             + "   " for n in names]))
     for label, _ in STAGES + [("other", ())]:
-        lines.append(row(label, [fmt(per[n][label]) + (" ||" if label in per[n]["elsewhere"]
-                                                          and per[n][label] is not None else "   ")
+        lines.append(row(label, [fmt(per[n][label]) + (per[n]["mark"][label] if per[n][label] is not None else "   ")
                                  for n in names]))
     lines.append("-" * len(head))
     lines.append(row("total (process)", [fmt(median(n, "process", lambda r: r["wall"])) + "   " for n in names]))
@@ -227,7 +229,8 @@ def table(columns: dict) -> str:
                                             for n in names]))
     lines.append(row("repeats", [f"{len(columns[n]['process'])}   " for n in names]))
     if any(per[n]["parallel"] for n in names):
-        lines.append("|| ran in the second process, at the same time as the main one (not part of the sum)")
+        lines.append("|| ran in the second process, at the same time as the main one (not part of the sum); "
+                     "| in some runs")
     return "\n".join(lines)
 
 

@@ -509,7 +509,8 @@ def _second_process(conn, payload, threads: int) -> None:
     if not plot_videos:
         return
     # idle until ours is fitted: get matplotlib ready, then draw the plots this process is sent, if any
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
             warm_up_plots()
         except Exception:           # drawing will say what is wrong
@@ -611,10 +612,10 @@ class SecondProcess:
                 try:
                     message = self.conn.recv()
                 except EOFError:
-                    raise self._died() from None
+                    raise self._died([name]) from None
                 self._take(*message)
             elif not self.process.is_alive() and not self.conn.poll():
-                raise self._died()
+                raise self._died([name])
         return self.results[name]
 
     def idle(self) -> bool:
@@ -630,8 +631,12 @@ class SecondProcess:
     def draw(self, requests) -> list:
         """Send plot requests (:class:`PlotRequest`, of videos given to the constructor) to the worker,
         which has finished its fits; returns the names to wait for with :meth:`result`."""
-        self.conn.send(("plots", list(requests)))
-        return [f"plot {os.path.basename(r.path)}" for r in requests]
+        names = [f"plot {os.path.basename(r.path)}" for r in requests]
+        try:
+            self.conn.send(("plots", list(requests)))
+        except OSError:                 # it has ended since
+            raise self._died(names) from None
+        return names
 
     def _take(self, kind, name, value, caught) -> None:
         for text, category, filename, lineno in caught:
@@ -645,10 +650,10 @@ class SecondProcess:
             self.units.current = name
         raise _rebuild_error(name, value)
 
-    def _died(self) -> SecondProcessError:
+    def _died(self, also=()) -> SecondProcessError:
         self.process.join(1)
         code = self.process.exitcode
-        waiting = [j.name for j in self.jobs if j.name not in self.results]
+        waiting = list(dict.fromkeys([j.name for j in self.jobs if j.name not in self.results] + list(also)))
         how = f"with exit code {code}" if code is not None and code >= 0 else (
             f"by signal {-code} ({signal.Signals(-code).name})" if code is not None else "")
         return SecondProcessError(f"the second process of evaluate ({', '.join(waiting)}) ended {how} without "
