@@ -25,7 +25,7 @@ from metagen_ppl.apps.compare import compare
 from metagen_ppl.apps.evaluate import evaluate
 from metagen_ppl.domain.metagen_data import parse_videos
 from metagen_ppl.engine.checkpoint import FitInterrupted
-from metagen_ppl.engine.distributed import (DaskExecutor, DistributedError, InProcessExecutor, capture,
+from metagen_ppl.engine.distributed import (DistributedError, InProcessExecutor, capture,
                                             make_executor, parse_scheduler)
 from metagen_ppl.engine.mapreduce import run_mapreduce, sum_statistics
 from metagen_ppl.errors import MetagenError
