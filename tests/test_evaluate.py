@@ -103,7 +103,9 @@ def test_evaluate_learn_on_train_without_labels2d(synthetic, tmp_path):
     out = tmp_path / "out"
     evaluate(synthetic["plain"], str(out), learn_on="train", progress=False, plots=0)
     _, metrics, meta = _check_outputs(out, 52, [v["path"] for v in synthetic["sim"]])
-    assert "box" not in metrics["splits"]["A"] and "box_note" in metrics
+    # no labels2D but ground truth: the box similarity is scored against the projected pseudo boxes
+    assert "box" in metrics["splits"]["A"] and metrics["box_source"] == "projected ground truth"
+    assert "pseudo boxes" in metrics["box_note"]
     assert meta["learn_on"] == "train" and len(meta["fits"]) == 2
     assert meta["fits"][0]["mode"] == "learn" and meta["fits"][1]["mode"] == "fixed"
     assert meta["fits"][0]["num_videos"] == 50 and meta["fits"][1]["num_videos"] == 2

@@ -94,7 +94,8 @@ import numpy as np
 import torch
 
 from metagen_ppl.domain.metagen_data import batch_videos, load_videos
-from metagen_ppl.domain.metrics import detector_baselines, split_means, world_state_frame_scores
+from metagen_ppl.domain.metrics import (detector_baselines, object_extents, projected_labels2d, split_means,
+                                        world_state_frame_scores)
 from metagen_ppl.apps.online_fits import em_existence, fit_online_units
 from metagen_ppl.engine.online import StepSchedule
 from metagen_ppl.apps.video_fits import (PlotRequest, SecondProcess, SideJob, Units, draw_plot, fit_em_units,
@@ -327,6 +328,12 @@ def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, see
                         "detector's output (e.g. data_labelled_retinanet.json), not unlabelled_data.json")
     has_gt = all(v.has_ground_truth for v in videos)
     has_box = all(v.labels2d is not None for v in videos)
+    box_source = "labels2D" if has_box else None
+    if has_gt and not has_box:       # pseudo ground-truth boxes around the projected labelled objects
+        extents = object_extents(videos)
+        for v in videos:
+            v.labels2d = projected_labels2d(v, extents)
+        has_box, box_source = True, "projected ground truth"
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
@@ -555,7 +562,12 @@ def _evaluate(spec, units, cleanup, *, data_path, out_dir, method, learn_on, see
     else:
         metrics["note"] = "the file has no ground truth ('labels'): no scores; world states and V written"
     if not has_box:
-        metrics["box_note"] = "the file has no labels2D: box similarity not computed"
+        metrics["box_note"] = "the file has no labels2D and no ground truth: box similarity not computed"
+    elif box_source == "projected ground truth":
+        metrics["box_note"] = ("the file has no labels2D: the box similarity is scored against pseudo boxes centred "
+                               "on the projections of the labelled 3D objects, sized by each category's physical "
+                               "extent measured from the file's matched detections (metrics.projected_labels2d)")
+    metrics["box_source"] = box_source
     metrics["V"] = {"learned": {k: meta["learned"][k] for k in ("detection_rate", "hallucination_rate",
                                                                   "pixel_scale", "field_of_view_deg")}}
     if "ground_truth" in meta:
