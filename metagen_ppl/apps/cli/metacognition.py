@@ -23,20 +23,24 @@ def _summary(res: MetacognitionResult, sc: SceneSet) -> list:
     lines = [f"{res.mode} ({res.inner}): {len(sc)} scenes, {sum(len(s['objects']) for s in res.scenes)} objects, "
              f"log_likelihood={res.log_likelihood:.6g} rounds={res.n_rounds} iterations={res.n_iter} "
              f"converged={res.converged} wall={res.wall_time_s:.2f}s"]
-    V = res.V_json()
-    lines.append("category   r (detections/frame)   h (hallucinations/frame)")
-    for c in CATEGORIES:
+    return lines + _V_and_truth_lines(res.V_json(), res.scenes, sc)
+
+
+def _V_and_truth_lines(V: dict, scenes: list, sc: SceneSet, header: str = "", truth_label: str = "") -> list:
+    """The V table (learned next to the true V when the file has it), sigma, and objects vs the truth."""
+    lines = ["category   r (detections/frame)   h (hallucinations/frame)" + header]
+    for i, c in enumerate(CATEGORIES):
         row = f"{c:<10} {V['detection_rate'][c]:>8.3f}"
         if sc.true_V is not None:
-            row += f" (true {float(sc.true_V['rates'][CATEGORIES.index(c)]):.3f})"
+            row += f" (true {float(sc.true_V['rates'][i]):.3f})"
         row += f"   {V['hallucination_rate'][c]:>8.3f}"
         if sc.true_V is not None:
-            row += f" (true {float(sc.true_V['hallucination'][CATEGORIES.index(c)]):.3f})"
+            row += f" (true {float(sc.true_V['hallucination'][i]):.3f})"
         lines.append(row)
     lines.append(f"scale sigma = {V['scale']:.4f}")
     if sc.truth is not None:
-        m = object_metrics(res.scenes, truth_objects(sc))
-        lines.append(f"objects vs truth: precision={m['precision']:.3f} recall={m['recall']:.3f} "
+        m = object_metrics(scenes, truth_objects(sc))
+        lines.append(f"objects vs truth{truth_label}: precision={m['precision']:.3f} recall={m['recall']:.3f} "
                      f"f1={m['f1']:.3f} location_error={m['location_error']:.3f} m")
     return lines
 
@@ -142,21 +146,9 @@ def run_fit_online(args, sc, ckpt, created) -> int:
             bar.close()
     out = _online_json(res, sc)
     lines = [f"online (stepwise EM, eta_i = (i + {schedule.t0:g})^-{schedule.kappa:g}): {len(sc)} scenes, "
-             f"{sum(len(o) for o in res.objects)} objects, wall={res.elapsed_s:.2f}s",
-             "category   r (detections/frame)   h (hallucinations/frame)   after the last scene"]
-    for i, c in enumerate(CATEGORIES):
-        row = f"{c:<10} {out['V']['detection_rate'][c]:>8.3f}"
-        if sc.true_V is not None:
-            row += f" (true {float(sc.true_V['rates'][i]):.3f})"
-        row += f"   {out['V']['hallucination_rate'][c]:>8.3f}"
-        if sc.true_V is not None:
-            row += f" (true {float(sc.true_V['hallucination'][i]):.3f})"
-        lines.append(row)
-    lines.append(f"scale sigma = {out['V']['scale']:.4f}")
-    if sc.truth is not None:
-        m = object_metrics(out["scenes"], truth_objects(sc))
-        lines.append(f"objects vs truth (each scene as inferred on arrival): precision={m['precision']:.3f} "
-                     f"recall={m['recall']:.3f} f1={m['f1']:.3f} location_error={m['location_error']:.3f} m")
+             f"{sum(len(o) for o in res.objects)} objects, wall={res.elapsed_s:.2f}s"]
+    lines += _V_and_truth_lines(out["V"], out["scenes"], sc, "   after the last scene",
+                                " (each scene as inferred on arrival)")
     say("\n".join(lines))
     if args.out:
         atomic_write_json(args.out, out)
