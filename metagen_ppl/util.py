@@ -141,3 +141,24 @@ def torch_threads(n: Optional[int]):
 def to_float(x):
     """A Python float from a tensor or number."""
     return float(x.detach()) if torch.is_tensor(x) else float(x)
+
+
+def broadcast_shapes(*shapes) -> torch.Size:
+    """``torch.broadcast_shapes`` in plain Python (same result, same :class:`RuntimeError` on shapes that
+    do not broadcast). Torch's imports sympy on its first call (about 0.5 s) and costs ~0.15 ms a call."""
+    out = []
+    for shape in shapes:
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if len(shape) > len(out):
+            out = [1] * (len(shape) - len(out)) + out
+        for i, n in enumerate(shape, len(out) - len(shape)):
+            n = int(n)
+            if n < 0:
+                raise RuntimeError(f"Trying to create tensor with negative dimension {n}: {list(shape)}")
+            m = out[i]
+            if m == 1:
+                out[i] = n
+            elif n != 1 and n != m:
+                raise RuntimeError(f"Shape mismatch: objects cannot be broadcast to a single shape. "
+                                   f"Mismatch is between {list(shapes)}")
+    return torch.Size(out)

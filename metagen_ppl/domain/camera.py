@@ -59,6 +59,7 @@ from typing import Optional
 import torch
 
 from metagen_ppl.errors import DataError
+from metagen_ppl.util import broadcast_shapes
 
 __all__ = ["IMAGE_SIZE", "FOV_DEG", "HALF_FOV", "CAMERA_MODELS", "Camera", "AngleLinearCamera", "PinholeCamera",
            "DEFAULT_CAMERA", "camera_from_json", "parse_camera", "camera_frame", "project", "visible",
@@ -449,7 +450,7 @@ def _as_tensor(x, name: str = "input") -> torch.Tensor:
 def _check_broadcast(**tensors) -> None:
     """:class:`DataError` naming the arguments whose batch shapes (all but the last dim) do not broadcast."""
     try:
-        torch.broadcast_shapes(*(t.shape[:-1] for t in tensors.values()))
+        broadcast_shapes(*(t.shape[:-1] for t in tensors.values()))
     except RuntimeError:
         shapes = ", ".join(f"{k} {tuple(t.shape)}" for k, t in tensors.items())
         raise DataError(f"shapes do not broadcast: {shapes} (leading dimensions must match or be 1)") from None

@@ -8,6 +8,8 @@ import warnings
 import torch
 from pyro.distributions import TorchDistribution, constraints
 
+from metagen_ppl.util import broadcast_shapes
+
 
 #: Log density (nats per observation) by which a rounded-negative squared distance may exceed the
 #: maximum before :class:`IsotropicNormal` warns (the clamp itself is always applied).
@@ -56,13 +58,13 @@ class IsotropicNormal(TorchDistribution):
     def __init__(self, loc, scale, validate_args=None):
         self.loc = loc
         self.scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
-        batch_shape = torch.broadcast_shapes(loc.shape[:-1], self.scale.shape)
+        batch_shape = broadcast_shapes(loc.shape[:-1], self.scale.shape)
         super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(IsotropicNormal, _instance)
         batch_shape = torch.Size(batch_shape)
-        torch.broadcast_shapes(self.loc.shape[:-1], batch_shape)  # raises if not expandable
+        broadcast_shapes(self.loc.shape[:-1], batch_shape)  # raises if not expandable
         # keep loc unexpanded: the matmul fast path needs its broadcast (size-1) data dim
         new.loc = self.loc
         new.scale = self.scale
@@ -123,7 +125,7 @@ class IsotropicNormal(TorchDistribution):
         else:
             diff = value - loc
             out = -0.5 * (diff * diff).sum(-1) / var + const
-        shape = torch.broadcast_shapes(out.shape, self.batch_shape)
+        shape = broadcast_shapes(out.shape, self.batch_shape)
         return out if out.shape == shape else out.expand(shape)
 
     @property

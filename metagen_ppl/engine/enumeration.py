@@ -47,6 +47,7 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro.distributions.util import scale_and_mask
 
 from metagen_ppl.errors import MetagenError, ModelError
+from metagen_ppl.util import broadcast_shapes
 
 
 @dataclass
@@ -399,7 +400,7 @@ class EnumeratedModel:
         """One enumerated dim, one plate context: softmax over it."""
         enum_dim = tr.symbol_to_dim[next(iter(sum_dims))]
         dense = [tr.nodes[name]["log_prob"] for name in factors]
-        shape = torch.broadcast_shapes(*(d.shape for d in dense))
+        shape = broadcast_shapes(*(d.shape for d in dense))
         # At large N the cost is in allocating (and page-faulting) (K, N) buffers,
         # not in arithmetic: accumulate into one buffer and work in place. The
         # trace is private to this call, so a full-shape log-prob tensor it made
@@ -470,7 +471,7 @@ class EnumeratedModel:
                 total = total + lp.sum()
             else:
                 try:
-                    torch.broadcast_shapes(w.shape, lp.shape)
+                    broadcast_shapes(w.shape, lp.shape)
                 except RuntimeError:
                     raise ModelError(f"the factor of site {name!r} changed shape between E-step and "
                                      "M-step; the model's structure must not depend on parameter values")
