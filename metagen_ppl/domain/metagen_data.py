@@ -853,12 +853,16 @@ def batch_videos(videos: list) -> VideoBatch:
         cams[i, :n], looks[i, :n] = v.cams, v.looks
         cams[i, n:], looks[i, n:] = v.cams[0], v.looks[0]
         frame_mask[i, :n] = True
-        for t, d in enumerate(v.detections):
-            m = len(d)
-            if m:
-                centers[i, t, :m], cats[i, t, :m] = d.centers, d.categories
-                scores[i, t, :m], boxes[i, t, :m] = d.scores, d.boxes
-            ndet[i, t] = m
+        dets = v.detections
+        if dets:                  # one masked copy per video (row-major: frame by frame, in detection order)
+            counts = torch.tensor([len(d) for d in dets], dtype=torch.long)
+            ndet[i, :len(dets)] = counts
+            if D:
+                m = torch.arange(D) < counts.unsqueeze(-1)                     # (T_i, D)
+                centers[i, :len(dets)][m] = torch.cat([d.centers.reshape(-1, 2) for d in dets]).to(dtype)
+                cats[i, :len(dets)][m] = torch.cat([d.categories.reshape(-1) for d in dets])
+                scores[i, :len(dets)][m] = torch.cat([d.scores.reshape(-1) for d in dets]).to(dtype)
+                boxes[i, :len(dets)][m] = torch.cat([d.boxes.reshape(-1, 4) for d in dets]).to(dtype)
     det_mask = torch.arange(D).expand(V, T, D) < ndet.unsqueeze(-1)
     batch = VideoBatch(paths=[v.path for v in videos], indices=torch.tensor([v.index for v in videos]),
                        cams=cams, looks=looks, frame_mask=frame_mask, centers=centers, categories=cats,
@@ -884,11 +888,14 @@ def batch_videos(videos: list) -> VideoBatch:
         batch.l2d_centers = torch.zeros(V, T, M, 2, dtype=dtype)
         batch.l2d_mask = torch.zeros(V, T, M, dtype=torch.bool)
         for i, v in enumerate(videos):
-            for t, b in enumerate(v.labels2d):
-                m = len(b)
-                batch.l2d_categories[i, t, :m], batch.l2d_boxes[i, t, :m] = b.categories, b.boxes
-                batch.l2d_centers[i, t, :m] = b.centers
-                batch.l2d_mask[i, t, :m] = True
+            if not v.labels2d or not M:
+                continue
+            n = len(v.labels2d)              # one masked copy per video, as for the detections
+            m = torch.arange(M) < torch.tensor([len(b) for b in v.labels2d], dtype=torch.long).unsqueeze(-1)
+            batch.l2d_categories[i, :n][m] = torch.cat([b.categories.reshape(-1) for b in v.labels2d])
+            batch.l2d_boxes[i, :n][m] = torch.cat([b.boxes.reshape(-1, 4) for b in v.labels2d]).to(dtype)
+            batch.l2d_centers[i, :n][m] = torch.cat([b.centers.reshape(-1, 2) for b in v.labels2d]).to(dtype)
+            batch.l2d_mask[i, :n] = m
     elif any(with_l2d):
         raise DataError("batch_videos: some videos have labels2D and some do not")
     return batch

@@ -217,10 +217,21 @@ EXTENT_MATCH_RADIUS = 20.0
 DEFAULT_HALF_EXTENT = (0.25, 0.25)
 
 
-def _plane_points(pixels, cam, look, depth, camera=None):
-    """The points at ``depth`` (along the optical axis) on the rays through ``pixels``, ``(..., 3)``."""
-    ray = pixel_to_ray(pixels, cam, look, camera)
-    f, _, _ = camera_frame(cam, look)
+def _plane_points(pixels, cam, look, depth, camera=None, frame=None):
+    """The points at ``depth`` (along the optical axis) on the rays through ``pixels``, ``(..., 3)``.
+
+    ``frame``: ``camera_frame(cam, look)`` when already computed (the same numbers; it saves computing it
+    twice per call)."""
+    if frame is None:
+        ray = pixel_to_ray(pixels, cam, look, camera)
+        f, _, _ = camera_frame(cam, look)
+    else:                                        # pixel_to_ray's arithmetic, with the frame given
+        camera = DEFAULT_CAMERA if camera is None else camera
+        camera.check_pixels(pixels)
+        f, right, up = frame
+        a, b = camera.ray_coefficients(pixels)
+        ray = f + a.unsqueeze(-1) * right + b.unsqueeze(-1) * up
+        ray = ray / ray.norm(dim=-1, keepdim=True)
     t = depth.unsqueeze(-1) / (ray * f).sum(-1, keepdim=True).clamp_min(1e-9)
     return cam + t * ray
 
@@ -247,24 +258,29 @@ def object_extents(videos: Sequence[Video], radius: float = EXTENT_MATCH_RADIUS)
         pos = v.gt_positions.to(v.cams.dtype)
         cam = v.camera
         pix, depth = project(pos.unsqueeze(1), v.cams.unsqueeze(0), v.looks.unsqueeze(0), cam)  # (K,T,2), (K,T)
-        vis = visible(pix, depth, cam)
+        vis = visible(pix, depth, cam).tolist()
+        det_cats = [det.categories.tolist() for det in v.detections]      # per frame, plain ints
+        frames = {}                                                        # t -> camera_frame(cams[t], looks[t])
         for k, c in enumerate(v.gt_categories.tolist()):
             per_cat.setdefault(c, [])
             for t, det in enumerate(v.detections):
-                if not bool(vis[k, t]) or len(det) == 0:
+                if not vis[k][t] or len(det) == 0:
                     continue
-                same = (det.categories == c).nonzero().reshape(-1)
+                same = [i for i, ci in enumerate(det_cats[t]) if ci == c]
                 if len(same) == 0:
                     continue
+                same = torch.tensor(same, dtype=torch.long)
                 near = same[(det.centers[same] - pix[k, t]).norm(dim=-1) <= radius]
                 if len(near) == 0:
                     continue
                 j = near[torch.argmax(det.scores[near])]
-                x1, y1, x2, y2 = (float(a) for a in det.boxes[j])
+                x1, y1, x2, y2 = det.boxes[j].tolist()
                 cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
                 edges = torch.tensor([[x1, cy], [x2, cy], [cx, y1], [cx, y2]], dtype=v.cams.dtype)
+                if t not in frames:
+                    frames[t] = camera_frame(v.cams[t], v.looks[t])
                 try:
-                    pts = _plane_points(edges, v.cams[t], v.looks[t], depth[k, t].expand(4), cam)
+                    pts = _plane_points(edges, v.cams[t], v.looks[t], depth[k, t].expand(4), cam, frames[t])
                 except DataError:            # an edge at 90 degrees or more from the axis
                     continue
                 per_cat[c].append((float((pts[1] - pts[0]).norm()) / 2, float((pts[3] - pts[2]).norm()) / 2))
