@@ -78,7 +78,9 @@ def box_distance_scale(camera: Optional[Camera] = None) -> float:
 
 
 def _np(x):
-    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+    if torch.is_tensor(x):
+        return x.numpy() if x.device.type == "cpu" and not x.requires_grad else x.detach().cpu().numpy()
+    return np.asarray(x)
 
 
 # --------------------------------------------------------------------------- frame category Jaccard
@@ -96,14 +98,18 @@ def frame_category_jaccard(true_categories, predicted_categories) -> float:
         ``sum_c min(a_c, b_c) / sum_c max(a_c, b_c)`` with ``a_c, b_c`` the
         counts of ``c``; 1.0 if both multisets are empty.
     """
-    a = Counter(int(c) if torch.is_tensor(c) or isinstance(c, np.integer) else c
-                for c in _iter(true_categories))
-    b = Counter(int(c) if torch.is_tensor(c) or isinstance(c, np.integer) else c
-                for c in _iter(predicted_categories))
+    a, b = _multiset(true_categories), _multiset(predicted_categories)
     union = sum((a | b).values())
     if union == 0:
         return 1.0
     return sum((a & b).values()) / union
+
+
+def _multiset(x) -> Counter:
+    items = _iter(x)
+    if type(items) is list and all(type(c) is int for c in items):     # the common case, fast
+        return Counter(items)
+    return Counter(int(c) if torch.is_tensor(c) or isinstance(c, np.integer) else c for c in items)
 
 
 def _iter(x):
@@ -328,6 +334,8 @@ def projected_labels2d(video: Video, extents: dict) -> list:
 
 
 def _group(categories, values) -> dict:
+    if type(categories) is list and len(categories) == 0:
+        return {}
     cats = _np(categories).reshape(-1)
     vals = np.asarray(_np(values), dtype=float)
     return {int(c): vals[cats == c] for c in np.unique(cats)}
