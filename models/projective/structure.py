@@ -52,6 +52,14 @@ class _Steps(EMSteps):
         return self.search.values, False
 
 
+def _same_state(a, b) -> bool:
+    """Whether two :meth:`ProjectiveSearch.estep` keys name the same tensors at the same versions."""
+    (va, ca, cva, aa, ava, *ra), (vb, cb, cvb, ab, avb, *rb) = a, b
+    return (ca is cb and cva == cvb and aa is ab and ava == avb and all(x is y for x, y in zip(ra, rb))
+            and len(va) == len(vb)
+            and all(na == nb and ta is tb and xa == xb for (na, ta, xa), (nb, tb, xb) in zip(va, vb)))
+
+
 class ProjectiveSearch(BirthProposals, StructureSearch):
     """The projective model on many videos: the state of the structure search and its moves.
 
@@ -185,11 +193,23 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
 
     # ----------------------------------------------------------------- E-step and scores
     def estep(self):
-        """The batched E-step at the current state: ``(joint, lse, resp, loglik, vis)``."""
+        """The batched E-step at the current state: ``(joint, lse, resp, loglik, vis)``.
+
+        Memoised (a performance detail): the search asks for the E-step of an unchanged state several
+        times per round (after a move's record, at the start of the EM phase, for the deaths); the
+        state is the same when every tensor of ``values``, ``cats`` and ``active`` is the same object
+        at the same version (no in-place change) and the last result was not changed in place."""
+        key = (tuple((n, t, getattr(t, "_version", None)) for n, t in self.values.items()),
+               self.cats, self.cats._version, self.active, self.active._version, self.data, self.C, self.noise)
+        memo = getattr(self, "_estep_memo", None)
+        if memo is not None and _same_state(memo[0], key) and all(t._version == v for t, v in memo[2]):
+            return memo[1]
         joint, lam, vis = joint_log_terms(self.data, self.values, self.cats, self.active, self.C, self.noise)
         lse, resp = detection_posterior(joint, self.data["det_mask"])
         loglik = lse.sum((-1, -2)) + frame_terms(self.data, lam)
-        return joint, lse, resp, loglik, vis
+        out = (joint, lse, resp, loglik, vis)
+        self._estep_memo = (key, out, [(t, t._version) for t in out])
+        return out
 
     def scores(self, resp, loglik):
         occ = self._occam(resp)
