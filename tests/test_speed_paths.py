@@ -1,0 +1,96 @@
+"""The speed work of issue 13 (part 3) keeps behaviour: the plain-Python broadcast_shapes is torch's, the
+camera code never imports sympy (torch.broadcast_shapes did, ~0.5 s), batch_videos' masked copies give
+the per-frame layout, and the projective search's memoised E-step is recomputed after any change."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from metagen_ppl.util import broadcast_shapes
+
+
+def test_broadcast_shapes_is_torchs():
+    rng = random.Random(0)
+    for _ in range(3000):
+        shapes = [tuple(rng.choice([0, 1, 2, 3]) for _ in range(rng.randint(0, 4))) for _ in range(rng.randint(0, 4))]
+        try:
+            expected = torch.broadcast_shapes(*shapes)
+        except RuntimeError:
+            with pytest.raises(RuntimeError):
+                broadcast_shapes(*shapes)
+            continue
+        got = broadcast_shapes(*shapes)
+        assert got == expected and isinstance(got, torch.Size), shapes
+    assert broadcast_shapes(3, (2, 1)) == torch.Size([2, 3])
+
+
+def test_projecting_does_not_import_sympy():
+    code = ("import sys, torch; from metagen_ppl.domain.camera import project, visible, pixel_to_ray; "
+            "p, d = project(torch.zeros(2, 1, 3), torch.tensor([[0., 1., -5.]]), torch.zeros(1, 3)); visible(p, d); "
+            "pixel_to_ray(p, torch.tensor([0., 1., -5.]), torch.zeros(3)); print('sympy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_batch_videos_layout(tmp_path):
+    import json
+
+    from metagen_ppl.domain.metagen_data import batch_videos, load_videos
+    from metagen_ppl.domain.metrics import object_extents, projected_labels2d
+    from metagen_ppl.models.projective.simulate import simulate_file
+
+    path = tmp_path / "sim.json"
+    path.write_text(json.dumps(simulate_file(4, num_frames=6, seed=1)))
+    videos = load_videos(str(path))
+    extents = object_extents(videos)
+    for v in videos:
+        v.labels2d = projected_labels2d(v, extents)
+    b = batch_videos(videos)
+    assert any(len(d) > 1 for v in videos for d in v.detections)
+    for i, v in enumerate(videos):
+        for t, d in enumerate(v.detections):
+            m = len(d)
+            assert int(b.num_detections[i, t]) == m
+            assert torch.equal(b.centers[i, t, :m], d.centers.to(b.centers.dtype))
+            assert torch.equal(b.categories[i, t, :m], d.categories)
+            assert torch.equal(b.scores[i, t, :m], d.scores.to(b.scores.dtype))
+            assert torch.equal(b.boxes[i, t, :m], d.boxes.to(b.boxes.dtype))
+            assert bool(b.det_mask[i, t, :m].all()) and not bool(b.det_mask[i, t, m:].any())
+            assert not bool(b.centers[i, t, m:].any())
+            lab = v.labels2d[t]
+            n = len(lab)
+            assert torch.equal(b.l2d_boxes[i, t, :n], lab.boxes.to(b.l2d_boxes.dtype))
+            assert torch.equal(b.l2d_categories[i, t, :n], lab.categories)
+            assert torch.equal(b.l2d_centers[i, t, :n], lab.centers.to(b.l2d_centers.dtype))
+            assert bool(b.l2d_mask[i, t, :n].all()) and not bool(b.l2d_mask[i, t, n:].any())
+
+
+def test_search_estep_memo_follows_the_state():
+    from metagen_ppl.models.projective.generative import data_from_videos
+    from metagen_ppl.models.projective.structure import ProjectiveSearch
+    from metagen_ppl.domain.metagen_data import parse_videos
+    from metagen_ppl.models.projective.simulate import simulate_file
+
+    videos = parse_videos(simulate_file(3, num_frames=5, seed=2))
+    search = ProjectiveSearch(data_from_videos(videos), max_objects=3)
+    search.active[:, 0] = True
+    first = search.estep()
+    assert search.estep() is first                          # unchanged state: the memo
+    search.active[0, 1] = True                              # in place: recomputed
+    second = search.estep()
+    assert second is not first
+    search.values = dict(search.values, locs=search.values["locs"] + 0.1)   # a new tensor: recomputed
+    third = search.estep()
+    assert third is not second
+    fresh = ProjectiveSearch(data_from_videos(videos), max_objects=3)
+    fresh.cats, fresh.active, fresh.values = search.cats.clone(), search.active.clone(), dict(search.values)
+    for a, b in zip(third, fresh.estep()):
+        assert torch.equal(a, b)
+    third[2].mul_(2)                                        # a caller changed the result in place: recomputed
+    again = search.estep()
+    assert again is not third and not torch.equal(again[2], third[2])
