@@ -8,6 +8,18 @@ from metagen_ppl.domain.metagen_data import CATEGORIES
 from metagen_ppl.models.detector.generative import box_bounds, hyperparameter, structure_of
 
 
+def _weighted_sums(data, marginals, num_objects):
+    """The positions ``(S, T, D, 3)``, the masked posterior of ``z`` ``g`` ``(S, T, D, K + 1)``, and per
+    object its expected count ``sum g_k`` ``(S, K)`` and weighted position sum ``sum g_k x`` ``(S, K, 3)``."""
+    pos = data["positions"]
+    S, T, D = pos.shape[:3]
+    g = marginals["z"].reshape(S, T, D, int(num_objects) + 1).to(pos.dtype)
+    g = g * data["det_mask"].unsqueeze(-1).to(pos.dtype)
+    nk = g[..., 1:].sum((1, 2))                                           # (S, K)
+    sx = torch.einsum("stdk,stdx->skx", g[..., 1:], pos)                  # (S, K, 3)
+    return pos, g, nk, sx
+
+
 def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active=None, rates=None,
                       hallucination=None, scale=None, num_categories=len(CATEGORIES), **options):
     """MAP M-step of M3 in closed form, V pooled over all scenes (one ECM sweep).
@@ -20,18 +32,13 @@ def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active
     * ``r_c = (sum_{objects of c} g + a_r - 1) / (sum_{active slots of c} F_s + b_r)``;
     * ``h_c = (sum_{detections of c} g_0 + a_h - 1) / (sum_s F_s + b_h)``.
     """
-    pos = data["positions"]
-    dtype = pos.dtype
-    S, T, D = pos.shape[:3]
     K = int(num_objects)
     C = int(num_categories)
     cats, active = structure_of(data, K, cats, active)
-    g = marginals["z"].reshape(S, T, D, K + 1).to(dtype)
-    g = g * data["det_mask"].unsqueeze(-1).to(dtype)
+    pos, g, nk, sx = _weighted_sums(data, marginals, K)
+    dtype = pos.dtype
     lo, hi, _ = box_bounds(data)
     out = {}
-    nk = g[..., 1:].sum((1, 2))                                           # (S, K)
-    sx = torch.einsum("stdk,stdx->skx", g[..., 1:], pos)                  # (S, K, 3)
     old = params["locs"].to(dtype)
     width = hi - lo
     locs = torch.where((nk > 1e-12).unsqueeze(-1), sx / nk.clamp_min(1e-12).unsqueeze(-1), old)
@@ -54,16 +61,11 @@ def sufficient_statistics(data, marginals, locs, num_objects, *, cats=None, acti
     ``scale_ss`` (): ``sum g_k |x - mu_k|^2``; ``scale_g`` (): ``sum g_k``. Additive over scenes
     (online EM, :mod:`metagen_ppl.engine.online`); :func:`mstep_from_statistics` is the M-step.
     """
-    pos = data["positions"]
-    dtype = pos.dtype
-    S, T, D = pos.shape[:3]
     K = int(num_objects)
     C = int(num_categories)
     cats, active = structure_of(data, K, cats, active)
-    g = marginals["z"].reshape(S, T, D, K + 1).to(dtype)
-    g = g * data["det_mask"].unsqueeze(-1).to(dtype)
-    nk = g[..., 1:].sum((1, 2))                                           # (S, K)
-    sx = torch.einsum("stdk,stdx->skx", g[..., 1:], pos)                  # (S, K, 3)
+    pos, g, nk, sx = _weighted_sums(data, marginals, K)
+    dtype = pos.dtype
     locs = torch.as_tensor(locs, dtype=dtype)
     gx2 = (g[..., 1:].sum(-1) * (pos * pos).sum(-1)).sum()
     frames = data["frame_mask"].sum(-1).to(dtype)                        # (S,)
