@@ -6,8 +6,9 @@ Two tables, each command run in a fresh process (``python -m metagen_ppl.apps.cl
    ``--repeats`` times round-robin (the machine is shared: the median is kept), and the ratio
    to one thread. This is the measurement behind ``metagen_ppl.util.AUTO_THREADS``.
 2. ``readme``: the README's ``fit`` examples exactly as printed (default ``--threads auto``); with
-   ``--before PATH`` (a source checkout of an earlier version, run with ``PYTHONPATH=PATH python -m
-   metagen_ppl.cli``) also the same commands on that version, for a before/after table.
+   ``--before PATH`` (a source checkout of an earlier version, run from a folder of links to its
+   ``metagen_ppl/`` and ``models/`` on ``PYTHONPATH``, as bench_evaluate.py does) also the same
+   commands on that version, for a before/after table.
 
 Examples::
 
@@ -19,6 +20,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -99,12 +101,30 @@ def thread_table(tmp: str, repeats: int) -> list:
     return rows
 
 
+def before_tree(before: str, tmp: str) -> tuple:
+    """``(PYTHONPATH, CLI module)`` that run the checkout ``before``: a folder of links to its
+    ``metagen_ppl/`` with ``models`` -> its ``models/`` (the installed layout, as bench_evaluate.py
+    builds it; a plain ``PYTHONPATH=before`` would still import the installed ``metagen_ppl.models``),
+    checked to import from ``before``; the CLI module is ``metagen_ppl.apps.cli`` or, in versions
+    before the apps layer, ``metagen_ppl.cli``."""
+    spec = importlib.util.spec_from_file_location("bench_evaluate", os.path.join(os.path.dirname(__file__),
+                                                                                 "bench_evaluate.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tree = bench.source_tree(before, tmp)
+    bench.check_tree(tree, before)
+    new_cli = os.path.isfile(os.path.join(before, "metagen_ppl", "apps", "cli", "__main__.py"))
+    return tree, ("metagen_ppl.apps.cli" if new_cli else "metagen_ppl.cli")
+
+
 def readme_table(tmp: str, before) -> list:
     rows = []
+    if before:
+        before_path, before_module = before_tree(before, tmp)
     for cmd in README_FITS:
         row = {"command": "metagen-ppl " + " ".join(cmd.split()), "after_s": _run(cmd, tmp)}
         if before:
-            row["before_s"] = _run(cmd, tmp, python_path=before, module="metagen_ppl.cli")
+            row["before_s"] = _run(cmd, tmp, python_path=before_path, module=before_module)
         rows.append(row)
         print(f"  {row['command']}: " + (f"before {row['before_s']:.1f} s, " if before else "")
               + f"after {row['after_s']:.1f} s", flush=True)
