@@ -128,19 +128,21 @@ def project_with_jacobian(mu, cams, f, right, up, half_fov=None, jacobian=True, 
     ``(..., 3, 3)``) stacks the rows ``right, up, f``; ``camera`` the camera model (default the shared
     data's angle-linear camera) and ``half_fov`` its refined half field of view (default nominal).
     """
-    s = mu - cams
-    if R is None:
-        x = (s * right).sum(-1)
-        y = (s * up).sum(-1)
-        z = (s * f).sum(-1)
-    else:
-        x, y, z = (R @ s.unsqueeze(-1)).squeeze(-1).unbind(-1)
+    x, y, z = camera_coordinates(mu, cams, f, right, up, R)
     camera = DEFAULT_CAMERA if camera is None else camera
     px, py = camera.pixels(x, y, z, half_fov)
     if not jacobian:
         return torch.stack([px, py], -1), z, None
     jx, jy = camera.jacobian(x, y, z, f, right, up, half_fov)
     return torch.stack([px, py], -1), z, torch.stack([jx, jy], -2)
+
+
+def camera_coordinates(mu, cams, f, right, up, R=None):
+    """``(x, y, z)`` (each ``(...)``): ``mu - cams`` along ``right, up, f`` (the rows of ``R`` when given)."""
+    s = mu - cams
+    if R is None:
+        return (s * right).sum(-1), (s * up).sum(-1), (s * f).sum(-1)
+    return (R @ s.unsqueeze(-1)).squeeze(-1).unbind(-1)
 
 
 def inside_image(pix, depth, camera=None):
@@ -182,7 +184,31 @@ def location_objective(mu, u, g, views, rate, sigma, expo_views=None, expo_mask=
     Returns ``(N,)``: ``sum g log p(u - P(mu)) - r_c #visible frames + IMPOSSIBLE * sum_{invisible} g``
     (``log p``: the pixel ``noise`` without its constant terms; Gaussian: ``-|u - P(mu)|^2 / (2 sigma^2)``).
     """
-    pix, depth, _ = project_views(mu, views)
+    return _location_objective(mu, u, g, views, rate, sigma, expo_views, expo_mask, noise)[0]
+
+
+def _project_coordinates(mu, views):
+    """:func:`project_views` without the Jacobian, also returning the camera coordinates ``(x, y)``:
+    ``(pix, depth, x, y)`` (the Jacobian at ``mu`` follows from them, :func:`_views_jacobian`)."""
+    x, y, z = camera_coordinates(mu[:, None, :], views["cams"], views["f"], views["right"], views["up"],
+                                 views.get("R"))
+    camera = views.get("camera")
+    px, py = (DEFAULT_CAMERA if camera is None else camera).pixels(x, y, z, views["half"])
+    return torch.stack([px, py], -1), z, x, y
+
+
+def _views_jacobian(x, y, z, views):
+    """The Jacobian ``(N, A, 2, 3)`` of :func:`project_views` from the camera coordinates of the points."""
+    camera = views.get("camera")
+    jx, jy = (DEFAULT_CAMERA if camera is None else camera).jacobian(x, y, z, views["f"], views["right"],
+                                                                     views["up"], views["half"])
+    return torch.stack([jx, jy], -2)
+
+
+def _location_objective(mu, u, g, views, rate, sigma, expo_views, expo_mask, noise):
+    """:func:`location_objective` and the projection of ``mu`` in ``views`` it made (``(pix, depth, x, y)``)."""
+    proj = _project_coordinates(mu, views)
+    pix, depth = proj[0], proj[1]
     vis = inside_image(pix, depth, views.get("camera"))
     diff = u - pix.unsqueeze(2)
     fit = noise.expected_log_density(g, (diff * diff).sum(-1), sigma, dim=(-1, -2))
@@ -195,7 +221,7 @@ def location_objective(mu, u, g, views, rate, sigma, expo_views=None, expo_mask=
         evis = vis
     if expo_mask is not None:
         evis = evis & expo_mask
-    return fit - rate * evis.to(mu.dtype).sum(-1) - bad
+    return fit - rate * evis.to(mu.dtype).sum(-1) - bad, proj
 
 
 def gauss_newton_locations(mu, u, g, views, rate, sigma, lo, hi, *, expo_views=None, expo_mask=None, iters=8,
@@ -211,14 +237,15 @@ def gauss_newton_locations(mu, u, g, views, rate, sigma, lo, hi, *, expo_views=N
     """
     N = mu.shape[0]
     lam = torch.full((N,), float(damping), dtype=mu.dtype)
-    kw = dict(expo_views=expo_views, expo_mask=expo_mask, noise=noise)
-    cur = location_objective(mu, u, g, views, rate, sigma, **kw)
+    cur, proj = _location_objective(mu, u, g, views, rate, sigma, expo_views, expo_mask, noise)
     eye = torch.eye(3, dtype=mu.dtype)
     gw = g
     gt = g.sum(-1)                                                                # (N,A)
     w2 = gt.repeat_interleave(2, dim=1).unsqueeze(-1)                            # (N,2A,1)
-    for _ in range(iters):
-        pix, depth, J = project_views(mu, views, True)                          # (N,A,2), (N,A,2,3)
+    for it in range(iters):
+        # the projection of mu: the objective's (at the start, or of the accepted / kept points)
+        pix, depth, x, y = proj                                                  # (N,A,2), (N,A)
+        J = _views_jacobian(x, y, depth, views)                                  # (N,A,2,3)
         res = u - pix.unsqueeze(2)                                               # (N,A,D,2)
         if noise.reweights:                                                      # IRLS weights at mu
             gw = g * noise.weights((res * res).sum(-1), sigma)
@@ -231,10 +258,14 @@ def gauss_newton_locations(mu, u, g, views, rate, sigma, lo, hi, *, expo_views=N
         A = H + (lam * scale)[:, None, None] * eye + 1e-9 * eye
         step = torch.linalg.solve(A, grad.unsqueeze(-1)).squeeze(-1)
         new = clamp_to_box(mu + step, lo, hi)
-        val = location_objective(new, u, g, views, rate, sigma, **kw)
+        val, nproj = _location_objective(new, u, g, views, rate, sigma, expo_views, expo_mask, noise)
         ok = val > cur
         mu = torch.where(ok.unsqueeze(-1), new, mu)
         cur = torch.where(ok, val, cur)
+        if it + 1 < iters:
+            okA = ok.unsqueeze(-1)
+            proj = (torch.where(okA.unsqueeze(-1), nproj[0], pix),) + tuple(
+                torch.where(okA, a, b) for a, b in zip(nproj[1:], proj[1:]))
         lam = torch.where(ok, lam * 0.3, lam * 10.0).clamp(1e-9, 1e9)
     return mu, cur
 
