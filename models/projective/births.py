@@ -54,7 +54,8 @@ class BirthProposals:
         vv = gv[:, None].expand(G, M)
         self.grp = {"v": gv, "c": torch.arange(G) % C, "t": gt, "d": gd, "mask": gm,
                     "u": data["centers"][vv, gt, gd], "bin": data["score_bins"][vv, gt, gd],
-                    "views": views_of(data["cams"][vv, gt], f[vv, gt], right[vv, gt], up[vv, gt], half, camera),
+                    "views": dict(views_of(data["cams"][vv, gt], f[vv, gt], right[vv, gt], up[vv, gt], half, camera),
+                                  frames=gt),     # the frame of the video each view is (see location_objective)
                     "rays": rays[vv, gt, gd]}
 
     def _candidates(self, resp, kappa=3.0, rounds=4):

@@ -179,12 +179,16 @@ def location_objective(mu, u, g, views, rate, sigma, expo_views=None, expo_mask=
     from ``views`` (cameras ``(N, A, 3)``: the frames of the object's video, or
     one camera per detection with ``D = 1``); ``rate`` (N,) the object's ``r_c``;
     ``expo_views`` / ``expo_mask`` (N, T) the frames whose visibility counts in
-    the Poisson exposure (default: ``views`` and ``g``'s frames all real).
+    the Poisson exposure (default: ``views`` and ``g``'s frames all real). When ``views`` has the key
+    ``"frames"`` (N, A) (the frame of ``expo_views`` each view is, as in the structure search's
+    compact batches), ``mu`` is projected in the T frames only and the views take their frame's
+    projection (the same numbers, fewer projections).
 
     Returns ``(N,)``: ``sum g log p(u - P(mu)) - r_c #visible frames + IMPOSSIBLE * sum_{invisible} g``
     (``log p``: the pixel ``noise`` without its constant terms; Gaussian: ``-|u - P(mu)|^2 / (2 sigma^2)``).
     """
-    return _location_objective(mu, u, g, views, rate, sigma, expo_views, expo_mask, noise)[0]
+    return _location_objective(mu, u, g, views, rate, sigma, expo_views, expo_mask, noise,
+                               _frames_of(views, expo_views))[0]
 
 
 def _project_coordinates(mu, views):
@@ -205,16 +209,46 @@ def _views_jacobian(x, y, z, views):
     return torch.stack([jx, jy], -2)
 
 
-def _location_objective(mu, u, g, views, rate, sigma, expo_views, expo_mask, noise):
-    """:func:`location_objective` and the projection of ``mu`` in ``views`` it made (``(pix, depth, x, y)``)."""
-    proj = _project_coordinates(mu, views)
-    pix, depth = proj[0], proj[1]
-    vis = inside_image(pix, depth, views.get("camera"))
+def _same_half(a, b) -> bool:
+    if a is b:
+        return True
+    if torch.is_tensor(a) != torch.is_tensor(b):
+        return False
+    if not torch.is_tensor(a):
+        return type(a) is type(b) and a == b
+    return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def _frames_of(views, expo_views):
+    """``(idx, frames)`` where ``views`` (N, A) are frames ``frames`` (N, A) of ``expo_views`` (N, T) (their key
+    ``"frames"``: the same cameras, camera model and half field of view), or ``None``: the projection
+    in ``views`` is then the projection in ``expo_views`` at those frames (the same arithmetic on the
+    same values), computed once for the T frames instead of the A views."""
+    frames = views.get("frames")
+    if frames is None or expo_views is None or views.get("camera") != expo_views.get("camera") \
+            or not _same_half(views["half"], expo_views["half"]):
+        return None
+    return torch.arange(frames.shape[0])[:, None], frames
+
+
+def _location_objective(mu, u, g, views, rate, sigma, expo_views, expo_mask, noise, link=None):
+    """:func:`location_objective` and the projection of ``mu`` it made (``(pix, depth, x, y)``): in
+    ``views``, or in ``expo_views`` when they are linked (``link``, :func:`_frames_of`)."""
+    if link is None:
+        proj = _project_coordinates(mu, views)
+        pix, depth = proj[0], proj[1]
+        vis = inside_image(pix, depth, views.get("camera"))
+    else:
+        proj = _project_coordinates(mu, expo_views)
+        evis = inside_image(proj[0], proj[1], expo_views.get("camera"))         # (N,T)
+        pix, vis = proj[0][link], evis[link]                                      # (N,A,2), (N,A)
     diff = u - pix.unsqueeze(2)
     fit = noise.expected_log_density(g, (diff * diff).sum(-1), sigma, dim=(-1, -2))
     zero = torch.zeros((), dtype=mu.dtype)
     bad = torch.where(vis, zero, g.sum(-1)).sum(-1) * (-IMPOSSIBLE)
-    if expo_views is not None:
+    if link is not None:
+        pass                                                                     # evis above
+    elif expo_views is not None:
         epix, edepth, _ = project_views(mu, expo_views)
         evis = inside_image(epix, edepth, expo_views.get("camera"))
     else:
@@ -237,7 +271,9 @@ def gauss_newton_locations(mu, u, g, views, rate, sigma, lo, hi, *, expo_views=N
     """
     N = mu.shape[0]
     lam = torch.full((N,), float(damping), dtype=mu.dtype)
-    cur, proj = _location_objective(mu, u, g, views, rate, sigma, expo_views, expo_mask, noise)
+    link = _frames_of(views, expo_views)
+    pviews = views if link is None else expo_views                               # where proj is
+    cur, proj = _location_objective(mu, u, g, views, rate, sigma, expo_views, expo_mask, noise, link)
     eye = torch.eye(3, dtype=mu.dtype)
     gw = g
     gt = g.sum(-1)                                                                # (N,A)
@@ -245,7 +281,10 @@ def gauss_newton_locations(mu, u, g, views, rate, sigma, lo, hi, *, expo_views=N
     for it in range(iters):
         # the projection of mu: the objective's (at the start, or of the accepted / kept points)
         pix, depth, x, y = proj                                                  # (N,A,2), (N,A)
-        J = _views_jacobian(x, y, depth, views)                                  # (N,A,2,3)
+        J = _views_jacobian(x, y, depth, pviews)                                 # (N,A,2,3)
+        ppix = pix
+        if link is not None:                                                     # frames -> views
+            pix, J = pix[link], J[link]
         res = u - pix.unsqueeze(2)                                               # (N,A,D,2)
         if noise.reweights:                                                      # IRLS weights at mu
             gw = g * noise.weights((res * res).sum(-1), sigma)
@@ -258,13 +297,13 @@ def gauss_newton_locations(mu, u, g, views, rate, sigma, lo, hi, *, expo_views=N
         A = H + (lam * scale)[:, None, None] * eye + 1e-9 * eye
         step = torch.linalg.solve(A, grad.unsqueeze(-1)).squeeze(-1)
         new = clamp_to_box(mu + step, lo, hi)
-        val, nproj = _location_objective(new, u, g, views, rate, sigma, expo_views, expo_mask, noise)
+        val, nproj = _location_objective(new, u, g, views, rate, sigma, expo_views, expo_mask, noise, link)
         ok = val > cur
         mu = torch.where(ok.unsqueeze(-1), new, mu)
         cur = torch.where(ok, val, cur)
         if it + 1 < iters:
             okA = ok.unsqueeze(-1)
-            proj = (torch.where(okA.unsqueeze(-1), nproj[0], pix),) + tuple(
+            proj = (torch.where(okA.unsqueeze(-1), nproj[0], ppix),) + tuple(
                 torch.where(okA, a, b) for a, b in zip(nproj[1:], proj[1:]))
         lam = torch.where(ok, lam * 0.3, lam * 10.0).clamp(1e-9, 1e9)
     return mu, cur
