@@ -18,13 +18,15 @@ from metagen_ppl.models.detector.generative import check_inside_box
 from metagen_ppl.models.projective.noise import GAUSSIAN, pixel_noise_of
 
 
-def joint_log_terms(data, values, cats, active, num_categories=None, noise=GAUSSIAN):
+def joint_log_terms(data, values, cats, active, num_categories=None, noise=GAUSSIAN, *, extras=None):
     """``log w_j + log p(u_n | j) + log q_j(b_n)`` per detection and component ``(V, T, D, K + 1)``,
     the frame intensities ``Lambda_vt`` (V, T) and the visibility ``(V, T, K)``.
 
     ``values`` holds ``locs, rates, hallucination, pixel_scale, mark_real, mark_hall`` (and optionally
     ``half_fov``); ``noise`` is the pixel noise (:mod:`metagen_ppl.models.projective.noise`); ``C``
-    defaults to the data's number of categories; pixels through the data's camera.
+    defaults to the data's number of categories; pixels through the data's camera. ``extras`` (a
+    dict, optional) receives ``pixels`` (V, T, K, 2) and ``sq`` (V, T, D, K): the objects' pixels and
+    the squared pixel residuals ``|u - P(mu_k)|^2`` (which the M-step's statistics reuse).
     """
     if num_categories is None:
         num_categories = num_categories_of(data)
@@ -36,7 +38,10 @@ def joint_log_terms(data, values, cats, active, num_categories=None, noise=GAUSS
     pix, vis = object_pixels(data, locs, half_fov_of(values, camera_of(data)))       # (V,T,K,2)
     logits = assignment_logits(data, rates, hall, cats, active, vis)            # (V,T,D,J)
     diff = u.unsqueeze(-2) - pix.unsqueeze(2)                                   # (V,T,D,K,2)
-    gauss = noise.log_density((diff * diff).sum(-1), sigma)
+    sq = (diff * diff).sum(-1)
+    gauss = noise.log_density(sq, sigma)
+    if extras is not None:
+        extras.update(pixels=pix, sq=sq)
     lr = torch.log(values["mark_real"])[o, b]                                   # (V,T,D)
     lh = torch.log(values["mark_hall"])[o, b]
     comp = torch.cat([(lh - log_area(data)).unsqueeze(-1), gauss + lr.unsqueeze(-1)], -1)

@@ -14,7 +14,7 @@ from metagen_ppl.models.projective.noise import GAUSSIAN, pixel_noise_of
 
 
 def sufficient_statistics(data, marginals, params, num_objects, *, cats=None, active=None, locs=None,
-                          num_categories=None, **options) -> dict:
+                          num_categories=None, pixels=None, **options) -> dict:
     """Expected sufficient statistics of V, ``sigma_px`` and the marks, summed over the videos of ``data``.
 
     With ``g`` the posterior of ``z`` (``(V, T, D, K + 1)``), ``vis`` the visibility at the current
@@ -26,7 +26,10 @@ def sufficient_statistics(data, marginals, params, num_objects, *, cats=None, ac
     * ``mark_real`` (C, B): ``sum_{detections of c in bin b} (1 - g_0)``; ``mark_hall`` (C, B): ``sum g_0``.
 
     They are additive over videos; :func:`mstep_from_statistics` turns them into the MAP M-step
-    (:func:`closed_form_mstep` is the composition of the two).
+    (:func:`closed_form_mstep` is the composition of the two). ``pixels`` (optional): ``(pix, vis, sq)``
+    as the E-step at the same locations and field of view computed them
+    (:func:`~metagen_ppl.models.projective.estep.joint_log_terms`' ``extras`` and visibility), not
+    computed again.
     """
     u = data["centers"]
     dtype = u.dtype
@@ -36,9 +39,13 @@ def sufficient_statistics(data, marginals, params, num_objects, *, cats=None, ac
     cats, active = structure_of(data, K, cats, active)
     mask = data["det_mask"]
     g = marginals["z"].reshape(V, T, D, K + 1).to(dtype) * mask.unsqueeze(-1).to(dtype)
-    L = params["locs"].to(dtype) if locs is None else torch.as_tensor(locs, dtype=dtype)
-    half = params.get("half_fov", options.get("half_fov"))
-    pix, vis = object_pixels(data, L, half)
+    if pixels is None:
+        L = params["locs"].to(dtype) if locs is None else torch.as_tensor(locs, dtype=dtype)
+        half = params.get("half_fov", options.get("half_fov"))
+        pix, vis = object_pixels(data, L, half)
+        sq = None
+    else:
+        pix, vis, sq = pixels
     gk = g[..., 1:]
     nk = gk.sum((1, 2))                                                         # (V,K)
     expo = (vis & active[:, None, :]).to(dtype).sum(1)                          # (V,K)
@@ -47,9 +54,10 @@ def sufficient_statistics(data, marginals, params, num_objects, *, cats=None, ac
            "hall_counts": torch.zeros(C, dtype=dtype).index_add_(0, data["categories"].reshape(-1),
                                                                   g[..., 0].reshape(-1)),
            "frames": data["frame_mask"].sum().to(dtype)}
-    diff = u.unsqueeze(-2) - pix.unsqueeze(2)                                   # (V,T,D,K,2)
-    out["scale_ss"], out["scale_g"] = pixel_noise_of(options).scale_statistics(gk, (diff * diff).sum(-1),
-                                                                               params["pixel_scale"])
+    if sq is None:
+        diff = u.unsqueeze(-2) - pix.unsqueeze(2)                               # (V,T,D,K,2)
+        sq = (diff * diff).sum(-1)
+    out["scale_ss"], out["scale_g"] = pixel_noise_of(options).scale_statistics(gk, sq, params["pixel_scale"])
     flat = (data["categories"] * B + data["score_bins"]).reshape(-1)
     for name, w in (("mark_real", gk.sum(-1)), ("mark_hall", g[..., 0])):
         out[name] = torch.zeros(C * B, dtype=dtype).index_add_(0, flat, w.reshape(-1)).reshape(C, B)
@@ -92,7 +100,7 @@ def mstep_from_statistics(stats: dict, count=1.0, *, sites=None, **options) -> d
 
 def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active=None, locs=None, rates=None,
                       hallucination=None, pixel_scale=None, mark_real=None, mark_hall=None,
-                      num_categories=None, **options):
+                      num_categories=None, pixels=None, **options):
     """MAP M-step in closed form for V, ``sigma_px`` and the marks, pooled over all videos.
 
     With ``g`` the posterior of ``z`` (``(V, T, D, K + 1)``) and ``vis`` the
@@ -104,14 +112,15 @@ def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active
     * ``q^real_c(b) propto sum_{detections of c in bin b} (1 - g_0) + alpha - 1``,
       ``q^hall_c(b) propto sum g_0 + alpha - 1``.
 
-    It is :func:`mstep_from_statistics` of :func:`sufficient_statistics` for the sites not given.
+    It is :func:`mstep_from_statistics` of :func:`sufficient_statistics` for the sites not given
+    (``pixels``: as there).
     The locations are not updated here (no closed form through the projection). ``C`` defaults to the
     data's number of categories.
     """
     given = {"rates": rates, "hallucination": hallucination, "pixel_scale": pixel_scale, "mark_real": mark_real,
              "mark_hall": mark_hall}
     stats = sufficient_statistics(data, marginals, params, num_objects, cats=cats, active=active, locs=locs,
-                                  num_categories=num_categories, **options)
+                                  num_categories=num_categories, pixels=pixels, **options)
     return mstep_from_statistics(stats, 1.0, sites=[k for k in V_SITES if given[k] is None], **options)
 
 

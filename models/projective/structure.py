@@ -199,17 +199,29 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         times per round (after a move's record, at the start of the EM phase, for the deaths); the
         state is the same when every tensor of ``values``, ``cats`` and ``active`` is the same object
         at the same version (no in-place change) and the last result was not changed in place."""
-        key = (tuple((n, t, getattr(t, "_version", None)) for n, t in self.values.items()),
-               self.cats, self.cats._version, self.active, self.active._version, self.data, self.C, self.noise)
-        memo = getattr(self, "_estep_memo", None)
-        if memo is not None and _same_state(memo[0], key) and all(t._version == v for t, v in memo[2]):
+        memo = self._estep_memo_now()
+        if memo is not None:
             return memo[1]
-        joint, lam, vis = joint_log_terms(self.data, self.values, self.cats, self.active, self.C, self.noise)
+        key = self._state_key()
+        extras = {}
+        joint, lam, vis = joint_log_terms(self.data, self.values, self.cats, self.active, self.C, self.noise,
+                                          extras=extras)
         lse, resp = detection_posterior(joint, self.data["det_mask"])
         loglik = lse.sum((-1, -2)) + frame_terms(self.data, lam)
         out = (joint, lse, resp, loglik, vis)
-        self._estep_memo = (key, out, [(t, t._version) for t in out])
+        self._estep_memo = (key, out, [(t, t._version) for t in out + (extras["pixels"], extras["sq"])], extras)
         return out
+
+    def _state_key(self):
+        return (tuple((n, t, getattr(t, "_version", None)) for n, t in self.values.items()),
+                self.cats, self.cats._version, self.active, self.active._version, self.data, self.C, self.noise)
+
+    def _estep_memo_now(self):
+        """The memoised E-step ``(key, out, versions, extras)`` when it is the current state's, else None."""
+        memo = getattr(self, "_estep_memo", None)
+        if memo is not None and _same_state(memo[0], self._state_key()) and all(t._version == v for t, v in memo[2]):
+            return memo
+        return None
 
     def scores(self, resp, loglik):
         occ = self._occam(resp)
@@ -258,8 +270,14 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
     def em_mstep(self, resp, iteration, move_locations) -> None:
         """One M-step on the current state: the closed forms of the learned parameters, the field of view
         (ECM: every third iteration; a global search first, then Newton steps), the locations."""
+        # the E-step's pixels and residuals when resp is the current state's E-step (the same numbers)
+        memo = self._estep_memo_now()
+        pixels = None
+        if (memo is not None and memo[1][2] is resp and self.values.get("half_fov") is not None
+                and self.values["locs"].dtype == self.data["centers"].dtype):
+            pixels = (memo[3]["pixels"], memo[1][4], memo[3]["sq"])
         upd = closed_form_mstep(self.data, {"z": resp}, self.values, self.K, cats=self.cats, active=self.active,
-                                num_categories=self.C, pixel_noise=self.noise, **self.options,
+                                num_categories=self.C, pixel_noise=self.noise, pixels=pixels, **self.options,
                                 **{k: self.values[k] for k in V_SITES if k not in self.learned})
         self.values.update({k: v for k, v in upd.items() if k in self.learned})
         if self.learn_fov and bool(self.active.any()) and (iteration - 1) % 3 == 0:
