@@ -27,8 +27,8 @@ from metagen_ppl.models.detector.estep import detection_posterior
 from metagen_ppl.models.projective.births import BirthProposals
 from metagen_ppl.models.projective.estep import frame_terms, joint_log_terms, video_log_likelihood
 from metagen_ppl.models.projective.generative import (DEFAULTS, V_SITES, box_bounds, camera_of, clamp_to_box,
-                                                      half_fov_of, log_prior, model, num_categories_of, prior_params)
-from metagen_ppl.models.projective.mstep import (camera_axes, index_views, views_of, closed_form_mstep,
+                                                      log_prior, model, num_categories_of, prior_params)
+from metagen_ppl.models.projective.mstep import (camera_axes, index_views, closed_form_mstep,
                                                  gauss_newton_locations)
 from metagen_ppl.models.projective.noise import pixel_noise_of
 from metagen_ppl.models.projective.occam import location_hessian, log_occam, structure_penalty
@@ -155,10 +155,8 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         gi = v * self.C + self.cats[v, k]
         t, d = grp["t"][gi], grp["d"][gi]
         g = resp[v[:, None], t, d, (k + 1)[:, None]] * grp["mask"][gi].to(self.dtype)      # (N,M)
-        f, right, up = self.axes
-        half = half_fov_of(self.values)
         return v, k, dict(u=grp["u"][gi].unsqueeze(2), g=g.unsqueeze(-1), views=index_views(grp["views"], gi),
-                          expo_views=views_of(self.data["cams"][v], f[v], right[v], up[v], half, camera_of(self.data)),
+                          expo_views=index_views(grp["frame_views"], v),
                           expo_mask=self.data["frame_mask"][v], rate=self.values["rates"][self.cats[v, k]],
                           sigma=self.values["pixel_scale"].reshape(()), noise=self.noise)
 
