@@ -375,11 +375,15 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         zero = torch.zeros((), dtype=self.dtype)
         occ = self._occam(resp)                                                    # (V,K)
         drop = torch.eye(K + 1, dtype=torch.bool)[1:]                               # (K,J)
-        jk = torch.where(drop[:, None, None, None, :], torch.full((), -math.inf, dtype=self.dtype),
-                         joint.unsqueeze(0))                                        # (K,V,T,D,J)
-        lse_k = torch.where(mask, jk.logsumexp(-1), zero)
+        # the log likelihood without object k, for the active (v, k) only (the others' gains are -inf)
+        kk, vv = self.active.T.nonzero(as_tuple=True)                               # (P,) k-major
+        jk = torch.where(drop[kk][:, None, None, :], torch.full((), -math.inf, dtype=self.dtype),
+                         joint[vv])                                                 # (P,T,D,J)
+        lse_k = torch.where(mask[vv], jk.logsumexp(-1), zero)
         expo = (vis & self.active[:, None, :]).to(self.dtype).sum(1) * self.values["rates"][self.cats]   # (V,K)
-        dll = (lse_k - lse.unsqueeze(0)).sum((-1, -2)).T + expo                    # (V,K)
+        dll = torch.zeros(V, K, dtype=self.dtype)
+        dll[vv, kk] = (lse_k - lse[vv]).sum((-1, -2))
+        dll = dll + expo                                                            # (V,K)
         per_obj = self._per_object_prior() + occ
         gain = torch.where(self.active, dll - per_obj, torch.full((), -math.inf, dtype=self.dtype))
         return Moves(scene=torch.arange(V).repeat_interleave(K), gain=gain.reshape(-1),
