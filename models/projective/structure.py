@@ -182,11 +182,18 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         self.values["locs"] = clamp_to_box(new["locs"], self.lo, self.hi)
 
     def _occam(self, resp):
+        # memoised (as estep): the search asks again for the same state and responsibilities (record, deaths)
+        key = self._state_key()
+        memo = getattr(self, "_occam_memo", None)
+        if (memo is not None and memo[1] is resp and _same_state(memo[0], key)
+                and all(t._version == ver for t, ver in memo[3])):
+            return memo[2]
         out = torch.zeros(self.active.shape, dtype=self.dtype)
         if bool(self.active.any()):
             v, k, kw = self._compact_batch(resp)
             mu = self.values["locs"][v, k]
             out[v, k] = log_occam(location_hessian(mu, **kw), mu, self.lo, self.hi)
+        self._occam_memo = (key, resp, out, [(resp, resp._version), (out, out._version)])
         return out
 
     # ----------------------------------------------------------------- E-step and scores
