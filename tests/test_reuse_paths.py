@@ -135,3 +135,14 @@ def test_occam_memo_follows_the_state():
     assert third is not second
     third.mul_(2)                                                         # changed by a caller: recomputed
     assert search._occam(search.estep()[2]) is not third
+
+
+def test_log_likelihood_without_responsibilities_is_the_same():
+    from metagen_ppl.models.projective.estep import video_log_likelihood
+
+    search, data = _simulated_search()
+    search.active[:, :2] = True
+    a, resp = video_log_likelihood(data, search.values, search.cats, search.active, search.C, search.noise)
+    b, none = video_log_likelihood(data, search.values, search.cats, search.active, search.C, search.noise,
+                                   responsibilities=False)
+    assert torch.equal(a, b) and none is None and resp is not None

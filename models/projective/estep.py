@@ -58,15 +58,19 @@ def frame_terms(data, lam):
     return torch.where(data["frame_mask"], per, torch.zeros((), dtype=lam.dtype)).sum(-1)
 
 
-def video_log_likelihood(data, values, cats, active, num_categories=None, noise=GAUSSIAN):
+def video_log_likelihood(data, values, cats, active, num_categories=None, noise=GAUSSIAN, *, responsibilities=True):
     """Direct batched E-step: ``log p(x_v | theta, structure)`` per video (V,) and the
-    responsibilities ``(V, T, D, K + 1)`` (zero rows for padded detections).
+    responsibilities ``(V, T, D, K + 1)`` (zero rows for padded detections; ``None`` with
+    ``responsibilities=False``, which skips them: the same log likelihood).
 
     Equals the engine's (:class:`metagen_ppl.engine.enumeration.EnumeratedModel`) log
     likelihood summed over videos, ``-log n!`` included.
     """
     joint, lam, vis = joint_log_terms(data, values, cats, active, num_categories, noise)
-    lse, resp = detection_posterior(joint, data["det_mask"])
+    if responsibilities:
+        lse, resp = detection_posterior(joint, data["det_mask"])
+    else:   # detection_posterior's lse
+        lse, resp = torch.where(data["det_mask"], joint.logsumexp(-1), torch.zeros((), dtype=joint.dtype)), None
     return lse.sum((-1, -2)) + frame_terms(data, lam), resp
 
 

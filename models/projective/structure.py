@@ -316,7 +316,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         locs = self.values["locs"].clone()
         locs[v, k] = mu
         ll, _ = video_log_likelihood(self.data, dict(self.values, locs=locs, half_fov=half), self.cats,
-                                     self.active, self.C, self.noise)
+                                     self.active, self.C, self.noise, responsibilities=False)
         return float(ll.sum()), mu
 
     def fov_mstep(self, resp, move_locations=True, evals=12, local=False):
