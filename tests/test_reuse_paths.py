@@ -146,3 +146,19 @@ def test_log_likelihood_without_responsibilities_is_the_same():
     b, none = video_log_likelihood(data, search.values, search.cats, search.active, search.C, search.noise,
                                    responsibilities=False)
     assert torch.equal(a, b) and none is None and resp is not None
+
+
+def test_squared_residuals_are_the_summed_squares():
+    from metagen_ppl.models.projective.generative import squared_residuals
+
+    g0 = torch.Generator().manual_seed(3)
+    for scale in (1e-3, 1.0, 300.0, 1e8):
+        u = torch.randn(5, 7, 4, 1, 2, generator=g0, dtype=torch.float64) * scale
+        pix = torch.randn(5, 7, 1, 6, 2, generator=g0, dtype=torch.float64) * scale
+        diff = u - pix
+        assert torch.equal(squared_residuals(u, pix), (diff * diff).sum(-1))
+    u = torch.tensor([[0.0, -0.0], [float("inf"), 1.0], [float("nan"), 0.0]], dtype=torch.float64)
+    pix = torch.tensor([[-0.0, 0.0], [1.0, 2.0], [0.0, 0.0]], dtype=torch.float64)
+    diff = u - pix
+    assert torch.equal(squared_residuals(u, pix)[:2], (diff * diff).sum(-1)[:2])
+    assert bool(squared_residuals(u, pix)[2].isnan())

@@ -18,7 +18,7 @@ import torch
 from metagen_ppl.domain.camera import triangulate
 from metagen_ppl.engine.structure import Moves
 from metagen_ppl.models.projective.generative import (DEFAULTS, camera_of, clamp_to_box, half_fov_of, pixel_to_ray,
-                                                      ray_at_mid_height)
+                                                      ray_at_mid_height, squared_residuals)
 from metagen_ppl.models.projective.mstep import (index_views, inside_image, project_views, views_of,
                                                  gauss_newton_locations)
 from metagen_ppl.models.projective.occam import location_hessian, log_occam
@@ -146,8 +146,7 @@ class BirthProposals:
         grp = self.grp
         c = grp["c"][gp]
         pix, depth = self._group_projection(mu, gp)                                     # (P,M,2)
-        diff = grp["u"][gp] - pix
-        gauss = self.noise.log_density((diff * diff).sum(-1), self.values["pixel_scale"])
+        gauss = self.noise.log_density(squared_residuals(grp["u"][gp], pix), self.values["pixel_scale"])
         lr = torch.log(self.values["mark_real"])[c[:, None], grp["bin"][gp]]
         ok = grp["mask"][gp] & inside_image(pix, depth, grp["views"]["camera"])
         term = torch.where(ok, torch.log(self.values["rates"])[c][:, None] + gauss + lr,

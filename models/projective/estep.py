@@ -12,7 +12,8 @@ import torch
 from metagen_ppl.engine.enumeration import EStep
 from metagen_ppl.models.projective.generative import (V_SITES, IMPOSSIBLE, camera_of, half_fov_of, log_area,
                                                       num_categories_of, structure_of, assignment_logits,
-                                                      category_intensity, log_prior, object_pixels)
+                                                      category_intensity, log_prior, object_pixels,
+                                                      squared_residuals)
 from metagen_ppl.models.detector.estep import detection_posterior
 from metagen_ppl.models.detector.generative import check_inside_box
 from metagen_ppl.models.projective.noise import GAUSSIAN, pixel_noise_of
@@ -37,8 +38,7 @@ def joint_log_terms(data, values, cats, active, num_categories=None, noise=GAUSS
     rates, hall, sigma = values["rates"], values["hallucination"], values["pixel_scale"].reshape(())
     pix, vis = object_pixels(data, locs, half_fov_of(values, camera_of(data)))       # (V,T,K,2)
     logits = assignment_logits(data, rates, hall, cats, active, vis)            # (V,T,D,J)
-    diff = u.unsqueeze(-2) - pix.unsqueeze(2)                                   # (V,T,D,K,2)
-    sq = (diff * diff).sum(-1)
+    sq = squared_residuals(u.unsqueeze(-2), pix.unsqueeze(2))                   # (V,T,D,K)
     gauss = noise.log_density(sq, sigma)
     if extras is not None:
         extras.update(pixels=pix, sq=sq)

@@ -9,7 +9,7 @@ import torch
 from metagen_ppl.domain.camera import DEFAULT_CAMERA, camera_frame
 from metagen_ppl.models.projective.generative import (IMPOSSIBLE, V_SITES, box_bounds, camera_of, clamp_to_box,
                                                       half_fov_of, hyperparameter, num_bins, num_categories_of,
-                                                      object_pixels, structure_of)
+                                                      object_pixels, squared_residuals, structure_of)
 from metagen_ppl.models.projective.noise import GAUSSIAN, pixel_noise_of
 
 
@@ -55,8 +55,7 @@ def sufficient_statistics(data, marginals, params, num_objects, *, cats=None, ac
                                                                   g[..., 0].reshape(-1)),
            "frames": data["frame_mask"].sum().to(dtype)}
     if sq is None:
-        diff = u.unsqueeze(-2) - pix.unsqueeze(2)                               # (V,T,D,K,2)
-        sq = (diff * diff).sum(-1)
+        sq = squared_residuals(u.unsqueeze(-2), pix.unsqueeze(2))               # (V,T,D,K)
     out["scale_ss"], out["scale_g"] = pixel_noise_of(options).scale_statistics(gk, sq, params["pixel_scale"])
     flat = (data["categories"] * B + data["score_bins"]).reshape(-1)
     for name, w in (("mark_real", gk.sum(-1)), ("mark_hall", g[..., 0])):
@@ -251,8 +250,7 @@ def _location_objective(mu, u, g, views, rate, sigma, expo_views, expo_mask, noi
         proj = _project_coordinates(mu, expo_views)
         evis = inside_image(proj[0], proj[1], expo_views.get("camera"))         # (N,T)
         pix, vis = proj[0][link], evis[link]                                      # (N,A,2), (N,A)
-    diff = u - pix.unsqueeze(2)
-    fit = noise.expected_log_density(g, (diff * diff).sum(-1), sigma, dim=(-1, -2))
+    fit = noise.expected_log_density(g, squared_residuals(u, pix.unsqueeze(2)), sigma, dim=(-1, -2))
     zero = torch.zeros((), dtype=mu.dtype)
     bad = torch.where(vis, zero, g.sum(-1)).sum(-1) * (-IMPOSSIBLE)
     if link is not None:
