@@ -18,7 +18,7 @@ import torch
 from metagen_ppl.domain.camera import triangulate
 from metagen_ppl.engine.structure import Moves
 from metagen_ppl.models.projective.generative import (DEFAULTS, camera_of, clamp_to_box, half_fov_of, pixel_to_ray,
-                                                      ray_at_mid_height)
+                                                      ray_at_mid_height, squared_residuals)
 from metagen_ppl.models.projective.mstep import (index_views, inside_image, project_views, views_of,
                                                  gauss_newton_locations)
 from metagen_ppl.models.projective.occam import location_hessian, log_occam
@@ -54,8 +54,19 @@ class BirthProposals:
         vv = gv[:, None].expand(G, M)
         self.grp = {"v": gv, "c": torch.arange(G) % C, "t": gt, "d": gd, "mask": gm,
                     "u": data["centers"][vv, gt, gd], "bin": data["score_bins"][vv, gt, gd],
-                    "views": views_of(data["cams"][vv, gt], f[vv, gt], right[vv, gt], up[vv, gt], half, camera),
+                    "views": dict(views_of(data["cams"][vv, gt], f[vv, gt], right[vv, gt], up[vv, gt], half, camera),
+                                  frames=gt),     # the frame of the video each view is (see location_objective)
+                    "frame_views": views_of(data["cams"], f, right, up, half, camera),       # (V,T)
                     "rays": rays[vv, gt, gd]}
+
+    def _group_projection(self, mu, gi):
+        """Pixels ``(P, M, 2)`` and depth ``(P, M)`` of points ``mu`` (P, 3) in the views of groups ``gi``
+        (:func:`project_views` of ``index_views(grp["views"], gi)``), projected in the T frames of their
+        video and taken at each view's frame (the same numbers: a view is its frame's camera)."""
+        grp = self.grp
+        pix, depth, _ = project_views(mu, index_views(grp["frame_views"], grp["v"][gi]))   # (P,T,2)
+        link = (torch.arange(len(gi))[:, None], grp["t"][gi])
+        return pix[link], depth[link]
 
     def _candidates(self, resp, kappa=3.0, rounds=4):
         """Candidate objects from the detections the current objects leave to hallucination.
@@ -90,10 +101,9 @@ class BirthProposals:
             ok = torch.isfinite(p).all(-1) & (cond > 1e-6)
             gi, i, j, p = gi[ok], i[ok], j[ok], p[ok]
             p = clamp_to_box(p, self.lo, self.hi)
-            gview = index_views(views, gi)                                              # (P,M,3)
-            pix, depth, _ = project_views(p, gview)                                     # (P,M,2)
+            pix, depth = self._group_projection(p, gi)                                  # (P,M,2)
             err = (pix - grp["u"][gi]).norm(dim=-1)
-            inl = un[gi] & inside_image(pix, depth, gview["camera"]) & (err < kappa * sigma)  # (P,M)
+            inl = un[gi] & inside_image(pix, depth, views["camera"]) & (err < kappa * sigma)  # (P,M)
             ar = torch.arange(len(gi))
             keep = inl[ar, i] & inl[ar, j]
             gi, i, j, p, inl, err = gi[keep], i[keep], j[keep], p[keep], inl[keep], err[keep]
@@ -135,12 +145,10 @@ class BirthProposals:
         (``-inf`` where it cannot explain the detection)."""
         grp = self.grp
         c = grp["c"][gp]
-        gview = index_views(grp["views"], gp)
-        pix, depth, _ = project_views(mu, gview)                                        # (P,M,2)
-        diff = grp["u"][gp] - pix
-        gauss = self.noise.log_density((diff * diff).sum(-1), self.values["pixel_scale"])
+        pix, depth = self._group_projection(mu, gp)                                     # (P,M,2)
+        gauss = self.noise.log_density(squared_residuals(grp["u"][gp], pix), self.values["pixel_scale"])
         lr = torch.log(self.values["mark_real"])[c[:, None], grp["bin"][gp]]
-        ok = grp["mask"][gp] & inside_image(pix, depth, gview["camera"])
+        ok = grp["mask"][gp] & inside_image(pix, depth, grp["views"]["camera"])
         term = torch.where(ok, torch.log(self.values["rates"])[c][:, None] + gauss + lr,
                            torch.full((), -math.inf, dtype=self.dtype))
         return term.unsqueeze(-1)
@@ -161,14 +169,12 @@ class BirthProposals:
         grp = self.grp
         data = self.data
         vp, cp = grp["v"][gp], grp["c"][gp]
-        f, right, up = self.axes
         lse_g = lse[grp["v"][:, None], grp["t"], grp["d"]][gp].unsqueeze(-1)            # (P,M,1)
         mask_g = grp["mask"][gp].unsqueeze(-1)
         rate = self.values["rates"][cp]
         kw = dict(u=grp["u"][gp].unsqueeze(2), views=index_views(grp["views"], gp), rate=rate,
                   sigma=self.values["pixel_scale"],
-                  expo_views=views_of(data["cams"][vp], f[vp], right[vp], up[vp],
-                                      half_fov_of(self.values, camera_of(data)), camera_of(data)),
+                  expo_views=index_views(grp["frame_views"], vp),
                   expo_mask=data["frame_mask"][vp], noise=self.noise)
         zero = torch.zeros((), dtype=self.dtype)
         for _ in range(3):                                                       # local EM on each candidate

@@ -12,19 +12,22 @@ import torch
 from metagen_ppl.engine.enumeration import EStep
 from metagen_ppl.models.projective.generative import (V_SITES, IMPOSSIBLE, camera_of, half_fov_of, log_area,
                                                       num_categories_of, structure_of, assignment_logits,
-                                                      category_intensity, log_prior, object_pixels)
+                                                      category_intensity, log_prior, object_pixels,
+                                                      squared_residuals)
 from metagen_ppl.models.detector.estep import detection_posterior
 from metagen_ppl.models.detector.generative import check_inside_box
 from metagen_ppl.models.projective.noise import GAUSSIAN, pixel_noise_of
 
 
-def joint_log_terms(data, values, cats, active, num_categories=None, noise=GAUSSIAN):
+def joint_log_terms(data, values, cats, active, num_categories=None, noise=GAUSSIAN, *, extras=None):
     """``log w_j + log p(u_n | j) + log q_j(b_n)`` per detection and component ``(V, T, D, K + 1)``,
     the frame intensities ``Lambda_vt`` (V, T) and the visibility ``(V, T, K)``.
 
     ``values`` holds ``locs, rates, hallucination, pixel_scale, mark_real, mark_hall`` (and optionally
     ``half_fov``); ``noise`` is the pixel noise (:mod:`metagen_ppl.models.projective.noise`); ``C``
-    defaults to the data's number of categories; pixels through the data's camera.
+    defaults to the data's number of categories; pixels through the data's camera. ``extras`` (a
+    dict, optional) receives ``pixels`` (V, T, K, 2) and ``sq`` (V, T, D, K): the objects' pixels and
+    the squared pixel residuals ``|u - P(mu_k)|^2`` (which the M-step's statistics reuse).
     """
     if num_categories is None:
         num_categories = num_categories_of(data)
@@ -35,8 +38,10 @@ def joint_log_terms(data, values, cats, active, num_categories=None, noise=GAUSS
     rates, hall, sigma = values["rates"], values["hallucination"], values["pixel_scale"].reshape(())
     pix, vis = object_pixels(data, locs, half_fov_of(values, camera_of(data)))       # (V,T,K,2)
     logits = assignment_logits(data, rates, hall, cats, active, vis)            # (V,T,D,J)
-    diff = u.unsqueeze(-2) - pix.unsqueeze(2)                                   # (V,T,D,K,2)
-    gauss = noise.log_density((diff * diff).sum(-1), sigma)
+    sq = squared_residuals(u.unsqueeze(-2), pix.unsqueeze(2))                   # (V,T,D,K)
+    gauss = noise.log_density(sq, sigma)
+    if extras is not None:
+        extras.update(pixels=pix, sq=sq)
     lr = torch.log(values["mark_real"])[o, b]                                   # (V,T,D)
     lh = torch.log(values["mark_hall"])[o, b]
     comp = torch.cat([(lh - log_area(data)).unsqueeze(-1), gauss + lr.unsqueeze(-1)], -1)
@@ -53,15 +58,19 @@ def frame_terms(data, lam):
     return torch.where(data["frame_mask"], per, torch.zeros((), dtype=lam.dtype)).sum(-1)
 
 
-def video_log_likelihood(data, values, cats, active, num_categories=None, noise=GAUSSIAN):
+def video_log_likelihood(data, values, cats, active, num_categories=None, noise=GAUSSIAN, *, responsibilities=True):
     """Direct batched E-step: ``log p(x_v | theta, structure)`` per video (V,) and the
-    responsibilities ``(V, T, D, K + 1)`` (zero rows for padded detections).
+    responsibilities ``(V, T, D, K + 1)`` (zero rows for padded detections; ``None`` with
+    ``responsibilities=False``, which skips them: the same log likelihood).
 
     Equals the engine's (:class:`metagen_ppl.engine.enumeration.EnumeratedModel`) log
     likelihood summed over videos, ``-log n!`` included.
     """
     joint, lam, vis = joint_log_terms(data, values, cats, active, num_categories, noise)
-    lse, resp = detection_posterior(joint, data["det_mask"])
+    if responsibilities:
+        lse, resp = detection_posterior(joint, data["det_mask"])
+    else:   # detection_posterior's lse
+        lse, resp = torch.where(data["det_mask"], joint.logsumexp(-1), torch.zeros((), dtype=joint.dtype)), None
     return lse.sum((-1, -2)) + frame_terms(data, lam), resp
 
 

@@ -325,6 +325,15 @@ def half_fov_of(values, camera=None) -> torch.Tensor:
     return torch.as_tensor(h)
 
 
+def squared_residuals(u: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
+    """``|u - pix|^2`` over the last axis (of 2: pixels; ``u`` and ``pix`` broadcast):
+    ``(u_x - p_x)^2 + (u_y - p_y)^2``, bitwise ``((u - pix) ** 2).sum(-1)`` (one rounded sum of two
+    terms either way) without the ``(..., 2)`` intermediates."""
+    dx = u[..., 0] - pix[..., 0]
+    dy = u[..., 1] - pix[..., 1]
+    return dx * dx + dy * dy
+
+
 def object_pixels(data: dict, locs: torch.Tensor, half_fov=None):
     """Pixels ``(V, T, K, 2)`` and visibility ``(V, T, K)`` of objects ``locs`` (V, K, 3) in every frame,
     through the data's camera (``half_fov``: as in :func:`project`)."""

@@ -9,12 +9,12 @@ import torch
 from metagen_ppl.domain.camera import DEFAULT_CAMERA, camera_frame
 from metagen_ppl.models.projective.generative import (IMPOSSIBLE, V_SITES, box_bounds, camera_of, clamp_to_box,
                                                       half_fov_of, hyperparameter, num_bins, num_categories_of,
-                                                      object_pixels, structure_of)
+                                                      object_pixels, squared_residuals, structure_of)
 from metagen_ppl.models.projective.noise import GAUSSIAN, pixel_noise_of
 
 
 def sufficient_statistics(data, marginals, params, num_objects, *, cats=None, active=None, locs=None,
-                          num_categories=None, **options) -> dict:
+                          num_categories=None, pixels=None, **options) -> dict:
     """Expected sufficient statistics of V, ``sigma_px`` and the marks, summed over the videos of ``data``.
 
     With ``g`` the posterior of ``z`` (``(V, T, D, K + 1)``), ``vis`` the visibility at the current
@@ -26,7 +26,10 @@ def sufficient_statistics(data, marginals, params, num_objects, *, cats=None, ac
     * ``mark_real`` (C, B): ``sum_{detections of c in bin b} (1 - g_0)``; ``mark_hall`` (C, B): ``sum g_0``.
 
     They are additive over videos; :func:`mstep_from_statistics` turns them into the MAP M-step
-    (:func:`closed_form_mstep` is the composition of the two).
+    (:func:`closed_form_mstep` is the composition of the two). ``pixels`` (optional): ``(pix, vis, sq)``
+    as the E-step at the same locations and field of view computed them
+    (:func:`~metagen_ppl.models.projective.estep.joint_log_terms`' ``extras`` and visibility), not
+    computed again.
     """
     u = data["centers"]
     dtype = u.dtype
@@ -36,9 +39,13 @@ def sufficient_statistics(data, marginals, params, num_objects, *, cats=None, ac
     cats, active = structure_of(data, K, cats, active)
     mask = data["det_mask"]
     g = marginals["z"].reshape(V, T, D, K + 1).to(dtype) * mask.unsqueeze(-1).to(dtype)
-    L = params["locs"].to(dtype) if locs is None else torch.as_tensor(locs, dtype=dtype)
-    half = params.get("half_fov", options.get("half_fov"))
-    pix, vis = object_pixels(data, L, half)
+    if pixels is None:
+        L = params["locs"].to(dtype) if locs is None else torch.as_tensor(locs, dtype=dtype)
+        half = params.get("half_fov", options.get("half_fov"))
+        pix, vis = object_pixels(data, L, half)
+        sq = None
+    else:
+        pix, vis, sq = pixels
     gk = g[..., 1:]
     nk = gk.sum((1, 2))                                                         # (V,K)
     expo = (vis & active[:, None, :]).to(dtype).sum(1)                          # (V,K)
@@ -47,9 +54,9 @@ def sufficient_statistics(data, marginals, params, num_objects, *, cats=None, ac
            "hall_counts": torch.zeros(C, dtype=dtype).index_add_(0, data["categories"].reshape(-1),
                                                                   g[..., 0].reshape(-1)),
            "frames": data["frame_mask"].sum().to(dtype)}
-    diff = u.unsqueeze(-2) - pix.unsqueeze(2)                                   # (V,T,D,K,2)
-    out["scale_ss"], out["scale_g"] = pixel_noise_of(options).scale_statistics(gk, (diff * diff).sum(-1),
-                                                                               params["pixel_scale"])
+    if sq is None:
+        sq = squared_residuals(u.unsqueeze(-2), pix.unsqueeze(2))               # (V,T,D,K)
+    out["scale_ss"], out["scale_g"] = pixel_noise_of(options).scale_statistics(gk, sq, params["pixel_scale"])
     flat = (data["categories"] * B + data["score_bins"]).reshape(-1)
     for name, w in (("mark_real", gk.sum(-1)), ("mark_hall", g[..., 0])):
         out[name] = torch.zeros(C * B, dtype=dtype).index_add_(0, flat, w.reshape(-1)).reshape(C, B)
@@ -92,7 +99,7 @@ def mstep_from_statistics(stats: dict, count=1.0, *, sites=None, **options) -> d
 
 def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active=None, locs=None, rates=None,
                       hallucination=None, pixel_scale=None, mark_real=None, mark_hall=None,
-                      num_categories=None, **options):
+                      num_categories=None, pixels=None, **options):
     """MAP M-step in closed form for V, ``sigma_px`` and the marks, pooled over all videos.
 
     With ``g`` the posterior of ``z`` (``(V, T, D, K + 1)``) and ``vis`` the
@@ -104,14 +111,15 @@ def closed_form_mstep(data, marginals, params, num_objects, *, cats=None, active
     * ``q^real_c(b) propto sum_{detections of c in bin b} (1 - g_0) + alpha - 1``,
       ``q^hall_c(b) propto sum g_0 + alpha - 1``.
 
-    It is :func:`mstep_from_statistics` of :func:`sufficient_statistics` for the sites not given.
+    It is :func:`mstep_from_statistics` of :func:`sufficient_statistics` for the sites not given
+    (``pixels``: as there).
     The locations are not updated here (no closed form through the projection). ``C`` defaults to the
     data's number of categories.
     """
     given = {"rates": rates, "hallucination": hallucination, "pixel_scale": pixel_scale, "mark_real": mark_real,
              "mark_hall": mark_hall}
     stats = sufficient_statistics(data, marginals, params, num_objects, cats=cats, active=active, locs=locs,
-                                  num_categories=num_categories, **options)
+                                  num_categories=num_categories, pixels=pixels, **options)
     return mstep_from_statistics(stats, 1.0, sites=[k for k in V_SITES if given[k] is None], **options)
 
 
@@ -128,19 +136,21 @@ def project_with_jacobian(mu, cams, f, right, up, half_fov=None, jacobian=True, 
     ``(..., 3, 3)``) stacks the rows ``right, up, f``; ``camera`` the camera model (default the shared
     data's angle-linear camera) and ``half_fov`` its refined half field of view (default nominal).
     """
-    s = mu - cams
-    if R is None:
-        x = (s * right).sum(-1)
-        y = (s * up).sum(-1)
-        z = (s * f).sum(-1)
-    else:
-        x, y, z = (R @ s.unsqueeze(-1)).squeeze(-1).unbind(-1)
+    x, y, z = camera_coordinates(mu, cams, f, right, up, R)
     camera = DEFAULT_CAMERA if camera is None else camera
     px, py = camera.pixels(x, y, z, half_fov)
     if not jacobian:
         return torch.stack([px, py], -1), z, None
     jx, jy = camera.jacobian(x, y, z, f, right, up, half_fov)
     return torch.stack([px, py], -1), z, torch.stack([jx, jy], -2)
+
+
+def camera_coordinates(mu, cams, f, right, up, R=None):
+    """``(x, y, z)`` (each ``(...)``): ``mu - cams`` along ``right, up, f`` (the rows of ``R`` when given)."""
+    s = mu - cams
+    if R is None:
+        return (s * right).sum(-1), (s * up).sum(-1), (s * f).sum(-1)
+    return (R @ s.unsqueeze(-1)).squeeze(-1).unbind(-1)
 
 
 def inside_image(pix, depth, camera=None):
@@ -177,25 +187,82 @@ def location_objective(mu, u, g, views, rate, sigma, expo_views=None, expo_mask=
     from ``views`` (cameras ``(N, A, 3)``: the frames of the object's video, or
     one camera per detection with ``D = 1``); ``rate`` (N,) the object's ``r_c``;
     ``expo_views`` / ``expo_mask`` (N, T) the frames whose visibility counts in
-    the Poisson exposure (default: ``views`` and ``g``'s frames all real).
+    the Poisson exposure (default: ``views`` and ``g``'s frames all real). When ``views`` has the key
+    ``"frames"`` (N, A) (the frame of ``expo_views`` each view is, as in the structure search's
+    compact batches), ``mu`` is projected in the T frames only and the views take their frame's
+    projection (the same numbers, fewer projections).
 
     Returns ``(N,)``: ``sum g log p(u - P(mu)) - r_c #visible frames + IMPOSSIBLE * sum_{invisible} g``
     (``log p``: the pixel ``noise`` without its constant terms; Gaussian: ``-|u - P(mu)|^2 / (2 sigma^2)``).
     """
-    pix, depth, _ = project_views(mu, views)
-    vis = inside_image(pix, depth, views.get("camera"))
-    diff = u - pix.unsqueeze(2)
-    fit = noise.expected_log_density(g, (diff * diff).sum(-1), sigma, dim=(-1, -2))
+    return _location_objective(mu, u, g, views, rate, sigma, expo_views, expo_mask, noise,
+                               _frames_of(views, expo_views))[0]
+
+
+def _project_coordinates(mu, views):
+    """:func:`project_views` without the Jacobian, also returning the camera coordinates ``(x, y)``:
+    ``(pix, depth, x, y)`` (the Jacobian at ``mu`` follows from them, :func:`_views_jacobian`)."""
+    x, y, z = camera_coordinates(mu[:, None, :], views["cams"], views["f"], views["right"], views["up"],
+                                 views.get("R"))
+    camera = views.get("camera")
+    px, py = (DEFAULT_CAMERA if camera is None else camera).pixels(x, y, z, views["half"])
+    return torch.stack([px, py], -1), z, x, y
+
+
+def _views_jacobian(x, y, z, views):
+    """The Jacobian ``(N, A, 2, 3)`` of :func:`project_views` from the camera coordinates of the points."""
+    camera = views.get("camera")
+    jx, jy = (DEFAULT_CAMERA if camera is None else camera).jacobian(x, y, z, views["f"], views["right"],
+                                                                     views["up"], views["half"])
+    return torch.stack([jx, jy], -2)
+
+
+def _same_half(a, b) -> bool:
+    if a is b:
+        return True
+    if torch.is_tensor(a) != torch.is_tensor(b):
+        return False
+    if not torch.is_tensor(a):
+        return type(a) is type(b) and a == b
+    return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def _frames_of(views, expo_views):
+    """``(idx, frames)`` where ``views`` (N, A) are frames ``frames`` (N, A) of ``expo_views`` (N, T) (their key
+    ``"frames"``: the same cameras, camera model and half field of view), or ``None``: the projection
+    in ``views`` is then the projection in ``expo_views`` at those frames (the same arithmetic on the
+    same values), computed once for the T frames instead of the A views."""
+    frames = views.get("frames")
+    if frames is None or expo_views is None or views.get("camera") != expo_views.get("camera") \
+            or not _same_half(views["half"], expo_views["half"]):
+        return None
+    return torch.arange(frames.shape[0])[:, None], frames
+
+
+def _location_objective(mu, u, g, views, rate, sigma, expo_views, expo_mask, noise, link=None):
+    """:func:`location_objective` and the projection of ``mu`` it made (``(pix, depth, x, y)``): in
+    ``views``, or in ``expo_views`` when they are linked (``link``, :func:`_frames_of`)."""
+    if link is None:
+        proj = _project_coordinates(mu, views)
+        pix, depth = proj[0], proj[1]
+        vis = inside_image(pix, depth, views.get("camera"))
+    else:
+        proj = _project_coordinates(mu, expo_views)
+        evis = inside_image(proj[0], proj[1], expo_views.get("camera"))         # (N,T)
+        pix, vis = proj[0][link], evis[link]                                      # (N,A,2), (N,A)
+    fit = noise.expected_log_density(g, squared_residuals(u, pix.unsqueeze(2)), sigma, dim=(-1, -2))
     zero = torch.zeros((), dtype=mu.dtype)
     bad = torch.where(vis, zero, g.sum(-1)).sum(-1) * (-IMPOSSIBLE)
-    if expo_views is not None:
+    if link is not None:
+        pass                                                                     # evis above
+    elif expo_views is not None:
         epix, edepth, _ = project_views(mu, expo_views)
         evis = inside_image(epix, edepth, expo_views.get("camera"))
     else:
         evis = vis
     if expo_mask is not None:
         evis = evis & expo_mask
-    return fit - rate * evis.to(mu.dtype).sum(-1) - bad
+    return fit - rate * evis.to(mu.dtype).sum(-1) - bad, proj
 
 
 def gauss_newton_locations(mu, u, g, views, rate, sigma, lo, hi, *, expo_views=None, expo_mask=None, iters=8,
@@ -211,14 +278,20 @@ def gauss_newton_locations(mu, u, g, views, rate, sigma, lo, hi, *, expo_views=N
     """
     N = mu.shape[0]
     lam = torch.full((N,), float(damping), dtype=mu.dtype)
-    kw = dict(expo_views=expo_views, expo_mask=expo_mask, noise=noise)
-    cur = location_objective(mu, u, g, views, rate, sigma, **kw)
+    link = _frames_of(views, expo_views)
+    pviews = views if link is None else expo_views                               # where proj is
+    cur, proj = _location_objective(mu, u, g, views, rate, sigma, expo_views, expo_mask, noise, link)
     eye = torch.eye(3, dtype=mu.dtype)
     gw = g
     gt = g.sum(-1)                                                                # (N,A)
     w2 = gt.repeat_interleave(2, dim=1).unsqueeze(-1)                            # (N,2A,1)
-    for _ in range(iters):
-        pix, depth, J = project_views(mu, views, True)                          # (N,A,2), (N,A,2,3)
+    for it in range(iters):
+        # the projection of mu: the objective's (at the start, or of the accepted / kept points)
+        pix, depth, x, y = proj                                                  # (N,A,2), (N,A)
+        J = _views_jacobian(x, y, depth, pviews)                                 # (N,A,2,3)
+        ppix = pix
+        if link is not None:                                                     # frames -> views
+            pix, J = pix[link], J[link]
         res = u - pix.unsqueeze(2)                                               # (N,A,D,2)
         if noise.reweights:                                                      # IRLS weights at mu
             gw = g * noise.weights((res * res).sum(-1), sigma)
@@ -231,10 +304,14 @@ def gauss_newton_locations(mu, u, g, views, rate, sigma, lo, hi, *, expo_views=N
         A = H + (lam * scale)[:, None, None] * eye + 1e-9 * eye
         step = torch.linalg.solve(A, grad.unsqueeze(-1)).squeeze(-1)
         new = clamp_to_box(mu + step, lo, hi)
-        val = location_objective(new, u, g, views, rate, sigma, **kw)
+        val, nproj = _location_objective(new, u, g, views, rate, sigma, expo_views, expo_mask, noise, link)
         ok = val > cur
         mu = torch.where(ok.unsqueeze(-1), new, mu)
         cur = torch.where(ok, val, cur)
+        if it + 1 < iters:
+            okA = ok.unsqueeze(-1)
+            proj = (torch.where(okA.unsqueeze(-1), nproj[0], ppix),) + tuple(
+                torch.where(okA, a, b) for a, b in zip(nproj[1:], proj[1:]))
         lam = torch.where(ok, lam * 0.3, lam * 10.0).clamp(1e-9, 1e9)
     return mu, cur
 

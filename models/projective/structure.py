@@ -27,8 +27,8 @@ from metagen_ppl.models.detector.estep import detection_posterior
 from metagen_ppl.models.projective.births import BirthProposals
 from metagen_ppl.models.projective.estep import frame_terms, joint_log_terms, video_log_likelihood
 from metagen_ppl.models.projective.generative import (DEFAULTS, V_SITES, box_bounds, camera_of, clamp_to_box,
-                                                      half_fov_of, log_prior, model, num_categories_of, prior_params)
-from metagen_ppl.models.projective.mstep import (camera_axes, index_views, views_of, closed_form_mstep,
+                                                      log_prior, model, num_categories_of, prior_params)
+from metagen_ppl.models.projective.mstep import (camera_axes, index_views, closed_form_mstep,
                                                  gauss_newton_locations)
 from metagen_ppl.models.projective.noise import pixel_noise_of
 from metagen_ppl.models.projective.occam import location_hessian, log_occam, structure_penalty
@@ -155,10 +155,8 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         gi = v * self.C + self.cats[v, k]
         t, d = grp["t"][gi], grp["d"][gi]
         g = resp[v[:, None], t, d, (k + 1)[:, None]] * grp["mask"][gi].to(self.dtype)      # (N,M)
-        f, right, up = self.axes
-        half = half_fov_of(self.values)
         return v, k, dict(u=grp["u"][gi].unsqueeze(2), g=g.unsqueeze(-1), views=index_views(grp["views"], gi),
-                          expo_views=views_of(self.data["cams"][v], f[v], right[v], up[v], half, camera_of(self.data)),
+                          expo_views=index_views(grp["frame_views"], v),
                           expo_mask=self.data["frame_mask"][v], rate=self.values["rates"][self.cats[v, k]],
                           sigma=self.values["pixel_scale"].reshape(()), noise=self.noise)
 
@@ -184,11 +182,18 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         self.values["locs"] = clamp_to_box(new["locs"], self.lo, self.hi)
 
     def _occam(self, resp):
+        # memoised (as estep): the search asks again for the same state and responsibilities (record, deaths)
+        key = self._state_key()
+        memo = getattr(self, "_occam_memo", None)
+        if (memo is not None and memo[1] is resp and _same_state(memo[0], key)
+                and all(t._version == ver for t, ver in memo[3])):
+            return memo[2]
         out = torch.zeros(self.active.shape, dtype=self.dtype)
         if bool(self.active.any()):
             v, k, kw = self._compact_batch(resp)
             mu = self.values["locs"][v, k]
             out[v, k] = log_occam(location_hessian(mu, **kw), mu, self.lo, self.hi)
+        self._occam_memo = (key, resp, out, [(resp, resp._version), (out, out._version)])
         return out
 
     # ----------------------------------------------------------------- E-step and scores
@@ -199,17 +204,29 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         times per round (after a move's record, at the start of the EM phase, for the deaths); the
         state is the same when every tensor of ``values``, ``cats`` and ``active`` is the same object
         at the same version (no in-place change) and the last result was not changed in place."""
-        key = (tuple((n, t, getattr(t, "_version", None)) for n, t in self.values.items()),
-               self.cats, self.cats._version, self.active, self.active._version, self.data, self.C, self.noise)
-        memo = getattr(self, "_estep_memo", None)
-        if memo is not None and _same_state(memo[0], key) and all(t._version == v for t, v in memo[2]):
+        memo = self._estep_memo_now()
+        if memo is not None:
             return memo[1]
-        joint, lam, vis = joint_log_terms(self.data, self.values, self.cats, self.active, self.C, self.noise)
+        key = self._state_key()
+        extras = {}
+        joint, lam, vis = joint_log_terms(self.data, self.values, self.cats, self.active, self.C, self.noise,
+                                          extras=extras)
         lse, resp = detection_posterior(joint, self.data["det_mask"])
         loglik = lse.sum((-1, -2)) + frame_terms(self.data, lam)
         out = (joint, lse, resp, loglik, vis)
-        self._estep_memo = (key, out, [(t, t._version) for t in out])
+        self._estep_memo = (key, out, [(t, t._version) for t in out + (extras["pixels"], extras["sq"])], extras)
         return out
+
+    def _state_key(self):
+        return (tuple((n, t, getattr(t, "_version", None)) for n, t in self.values.items()),
+                self.cats, self.cats._version, self.active, self.active._version, self.data, self.C, self.noise)
+
+    def _estep_memo_now(self):
+        """The memoised E-step ``(key, out, versions, extras)`` when it is the current state's, else None."""
+        memo = getattr(self, "_estep_memo", None)
+        if memo is not None and _same_state(memo[0], self._state_key()) and all(t._version == v for t, v in memo[2]):
+            return memo
+        return None
 
     def scores(self, resp, loglik):
         occ = self._occam(resp)
@@ -258,8 +275,14 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
     def em_mstep(self, resp, iteration, move_locations) -> None:
         """One M-step on the current state: the closed forms of the learned parameters, the field of view
         (ECM: every third iteration; a global search first, then Newton steps), the locations."""
+        # the E-step's pixels and residuals when resp is the current state's E-step (the same numbers)
+        memo = self._estep_memo_now()
+        pixels = None
+        if (memo is not None and memo[1][2] is resp and self.values.get("half_fov") is not None
+                and self.values["locs"].dtype == self.data["centers"].dtype):
+            pixels = (memo[3]["pixels"], memo[1][4], memo[3]["sq"])
         upd = closed_form_mstep(self.data, {"z": resp}, self.values, self.K, cats=self.cats, active=self.active,
-                                num_categories=self.C, pixel_noise=self.noise, **self.options,
+                                num_categories=self.C, pixel_noise=self.noise, pixels=pixels, **self.options,
                                 **{k: self.values[k] for k in V_SITES if k not in self.learned})
         self.values.update({k: v for k, v in upd.items() if k in self.learned})
         if self.learn_fov and bool(self.active.any()) and (iteration - 1) % 3 == 0:
@@ -293,7 +316,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         locs = self.values["locs"].clone()
         locs[v, k] = mu
         ll, _ = video_log_likelihood(self.data, dict(self.values, locs=locs, half_fov=half), self.cats,
-                                     self.active, self.C, self.noise)
+                                     self.active, self.C, self.noise, responsibilities=False)
         return float(ll.sum()), mu
 
     def fov_mstep(self, resp, move_locations=True, evals=12, local=False):
@@ -359,11 +382,15 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         zero = torch.zeros((), dtype=self.dtype)
         occ = self._occam(resp)                                                    # (V,K)
         drop = torch.eye(K + 1, dtype=torch.bool)[1:]                               # (K,J)
-        jk = torch.where(drop[:, None, None, None, :], torch.full((), -math.inf, dtype=self.dtype),
-                         joint.unsqueeze(0))                                        # (K,V,T,D,J)
-        lse_k = torch.where(mask, jk.logsumexp(-1), zero)
+        # the log likelihood without object k, for the active (v, k) only (the others' gains are -inf)
+        kk, vv = self.active.T.nonzero(as_tuple=True)                               # (P,) k-major
+        jk = torch.where(drop[kk][:, None, None, :], torch.full((), -math.inf, dtype=self.dtype),
+                         joint[vv])                                                 # (P,T,D,J)
+        lse_k = torch.where(mask[vv], jk.logsumexp(-1), zero)
         expo = (vis & self.active[:, None, :]).to(self.dtype).sum(1) * self.values["rates"][self.cats]   # (V,K)
-        dll = (lse_k - lse.unsqueeze(0)).sum((-1, -2)).T + expo                    # (V,K)
+        dll = torch.zeros(V, K, dtype=self.dtype)
+        dll[vv, kk] = (lse_k - lse[vv]).sum((-1, -2))
+        dll = dll + expo                                                            # (V,K)
         per_obj = self._per_object_prior() + occ
         gain = torch.where(self.active, dll - per_obj, torch.full((), -math.inf, dtype=self.dtype))
         return Moves(scene=torch.arange(V).repeat_interleave(K), gain=gain.reshape(-1),
