@@ -162,3 +162,52 @@ def broadcast_shapes(*shapes) -> torch.Size:
                 raise RuntimeError(f"Shape mismatch: objects cannot be broadcast to a single shape. "
                                    f"Mismatch is between {list(shapes)}")
     return torch.Size(out)
+
+
+#: Sizes solved by enumeration in :func:`linear_assignment`: at most this many rows (after
+#: putting the shorter side first) and this many columns.
+SMALL_ASSIGNMENT = (3, 7)
+#: An enumerated optimum counts as unique when every other assignment costs this much more.
+ASSIGNMENT_MARGIN = 1e-9
+
+
+def linear_assignment(cost):
+    """``scipy.optimize.linear_sum_assignment(cost)`` (a minimum-cost matching of an ``(n, m)`` cost
+    matrix: ``rows`` ascending, ``cols``), without importing scipy for the small matrices of the metrics.
+
+    A matrix whose shorter side has at most 3 entries and longer side at most 7 (the frames and scenes
+    of the metrics: a handful of objects per category) is solved by enumerating every assignment; when
+    the optimum is unique by :data:`ASSIGNMENT_MARGIN` it is the assignment scipy returns, since scipy's
+    is optimal. Ties, larger matrices and non-finite costs go to scipy (imported then: ~0.4 s).
+    """
+    c = np.asarray(cost, dtype=float)
+    if c.ndim != 2:
+        raise ValueError(f"cost must be a 2-D matrix, got shape {c.shape}")
+    n, m = c.shape
+    if n == 0 or m == 0:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    short, long_ = min(n, m), max(n, m)
+    if short <= SMALL_ASSIGNMENT[0] and long_ <= SMALL_ASSIGNMENT[1] and np.isfinite(c).all():
+        t = c if n <= m else c.T                                              # (short, long)
+        perms = _partial_permutations(long_, short)                          # (P, short)
+        totals = t[np.arange(short), perms].sum(-1)                          # (P,)
+        best = int(np.argmin(totals))
+        if len(totals) == 1 or np.partition(totals, 1)[1] > totals[best] + ASSIGNMENT_MARGIN:
+            if n <= m:
+                return np.arange(n, dtype=np.intp), perms[best].astype(np.intp)
+            order = np.argsort(perms[best])
+            return perms[best][order].astype(np.intp), order.astype(np.intp)
+    from scipy.optimize import linear_sum_assignment
+    return linear_sum_assignment(c)
+
+
+_PERMS = {}
+
+
+def _partial_permutations(m: int, k: int) -> np.ndarray:
+    """Every ordered choice of ``k`` distinct columns out of ``m``, ``(m! / (m - k)!, k)`` (memoised)."""
+    key = (m, k)
+    if key not in _PERMS:
+        import itertools
+        _PERMS[key] = np.array(list(itertools.permutations(range(m), k)), dtype=np.intp).reshape(-1, k)
+    return _PERMS[key]

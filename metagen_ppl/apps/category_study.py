@@ -58,7 +58,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
+from metagen_ppl.util import linear_assignment
 
 from metagen_ppl.engine.checkpoint import FitInterrupted
 from metagen_ppl.errors import MetagenError
@@ -96,7 +96,7 @@ def _evaluate(data, truth, params, K, options):
     """Accuracy, location error, ll_fixed and ll_marg of an estimate (outside the clock)."""
     est = params["locs"].detach().double().numpy()
     tru = truth["locs"].numpy()
-    rows, cols = linear_sum_assignment(((tru[:, None] - est[None]) ** 2).sum(-1))
+    rows, cols = linear_assignment(((tru[:, None] - est[None]) ** 2).sum(-1))
     cats = params["cats"].long()
     acc = float((cats[cols] == truth["cats"][rows]).double().mean())
     loc_err = float(np.sqrt(((est[cols] - tru[rows]) ** 2).sum(-1)).mean())

@@ -51,7 +51,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
+from metagen_ppl.util import linear_assignment
 
 from metagen_ppl.domain.camera import DEFAULT_CAMERA, Camera, camera_frame, pixel_to_ray, project, visible
 from metagen_ppl.errors import DataError
@@ -177,7 +177,7 @@ def _category_counts(points: np.ndarray, boxes: np.ndarray, scale: float = BOX_D
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     dist = np.linalg.norm(points[:, None, :] - centres[None, :, :], axis=-1)
     cost = np.minimum(1.0, (dist / scale) ** 2)
-    rows, cols = linear_sum_assignment(cost)
+    rows, cols = linear_assignment(cost)
     p, b = points[rows], boxes[cols]
     inside = (p[:, 0] >= b[:, 0]) & (p[:, 0] <= b[:, 2]) & (p[:, 1] >= b[:, 1]) & (p[:, 1] <= b[:, 3])
     hits = int(inside.sum())

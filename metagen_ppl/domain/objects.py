@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
+from metagen_ppl.util import linear_assignment
 
 from metagen_ppl.errors import DataError
 from metagen_ppl.domain.metagen_data import CATEGORIES, category_index
@@ -61,7 +61,7 @@ def match_objects(pred, true, radius: float = 1.0) -> list:
     ok = same & (dist <= radius)
     big = 1e6
     cost = np.where(ok, dist, big)
-    rows, cols = linear_sum_assignment(cost)
+    rows, cols = linear_assignment(cost)
     return [(int(i), int(j), float(dist[i, j])) for i, j in zip(rows, cols) if ok[i, j]]
 
 

@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
+from metagen_ppl.util import linear_assignment
 
 from metagen_ppl.errors import ModelError
 
@@ -40,7 +40,7 @@ def match(est_locs, ref_locs):
     if a.size == 0 or b.size == 0:
         return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
     cost = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
-    return linear_sum_assignment(cost)
+    return linear_assignment(cost)
 
 
 def location_error(est_locs, true_locs) -> float:
@@ -141,7 +141,7 @@ def align_samples(samples: dict, component_sites: dict, location_site: str = "lo
         cost = ((flat[:, :, :, None, :] - r[None, :, None, :, :]) ** 2).sum(-1).numpy()
         for a in range(cost.shape[0]):
             for b in range(nb):
-                rows, cols = linear_sum_assignment(cost[a, b])
+                rows, cols = linear_assignment(cost[a, b])
                 perms[a, b, cols] = rows
         p = torch.as_tensor(perms)
         aligned = flat.gather(2, p[..., None].expand(flat.shape))
