@@ -125,3 +125,61 @@ def test_cli_import_and_frame_metrics_do_not_import_scipy_optimize():
             "print(s, any(m.startswith('scipy.optimize') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1.0", "False"]
+
+
+def _extents_one_by_one(videos, radius):
+    """object_extents' matches the slow way: per object, frame and detection (the code before vectorising)."""
+    from metagen_ppl.domain.camera import project, visible
+    from metagen_ppl.domain.metrics import _plane_points
+    out = {}
+    for v in videos:
+        pix, depth = project(v.gt_positions.unsqueeze(1), v.cams.unsqueeze(0), v.looks.unsqueeze(0), v.camera)
+        vis = visible(pix, depth, v.camera)
+        for k, c in enumerate(v.gt_categories.tolist()):
+            out.setdefault(c, [])
+            for t, det in enumerate(v.detections):
+                same = [i for i, ci in enumerate(det.categories.tolist()) if ci == c]
+                if not bool(vis[k, t]) or not same:
+                    continue
+                same = torch.tensor(same)
+                near = same[(det.centers[same] - pix[k, t]).norm(dim=-1) <= radius]
+                if len(near) == 0:
+                    continue
+                x1, y1, x2, y2 = det.boxes[near[torch.argmax(det.scores[near])]].tolist()
+                cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+                edges = torch.tensor([[x1, cy], [x2, cy], [cx, y1], [cx, y2]], dtype=v.cams.dtype)
+                pts = _plane_points(edges, v.cams[t], v.looks[t], depth[k, t].expand(4), v.camera)
+                out[c].append((float((pts[1] - pts[0]).norm()) / 2, float((pts[3] - pts[2]).norm()) / 2))
+    return out
+
+
+def test_object_extents_matches_one_by_one(tmp_path):
+    """The batched matching of object_extents picks the same detections as the per-object loop (the first of
+    equal scores included: one video's scores are all set equal) and gives the same extents to 1e-12 (the
+    back-projection of all matches at once may differ from one at a time in the last bit)."""
+    import json
+
+    import numpy as np
+
+    from metagen_ppl.domain.metagen_data import load_videos
+    from metagen_ppl.domain.metrics import _video_extents, object_extents
+    from metagen_ppl.models.projective.simulate import simulate_file
+
+    path = tmp_path / "sim.json"
+    path.write_text(json.dumps(simulate_file(6, num_frames=8, seed=3)))
+    videos = load_videos(str(path))
+    for d in videos[0].detections:
+        d.scores.fill_(0.5)
+    radius = 40.0
+    ref = _extents_one_by_one(videos, radius)
+    got = {}
+    for v in videos:
+        for c, e in _video_extents(v, radius):
+            got.setdefault(c, []).append(e)
+    assert sum(len(e) for e in ref.values()) >= 15          # 19 matches in these 6 videos
+    for c, es in ref.items():
+        assert np.allclose(got.get(c, []), es, rtol=0, atol=1e-12), c
+    medians = object_extents(videos, radius)
+    for c, es in ref.items():
+        if es:
+            assert medians[c] == pytest.approx(tuple(np.median(np.array(es), 0)), abs=1e-12)

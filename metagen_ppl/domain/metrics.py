@@ -242,6 +242,59 @@ def _plane_points(pixels, cam, look, depth, camera=None, frame=None):
     return cam + t * ray
 
 
+def _video_extents(v: Video, radius: float) -> list:
+    """``[(category, (half_width, half_height)), ...]`` of one video's matches (:func:`object_extents`), in
+    object-then-frame order: all (object, frame, detection) distances at once, the best-scoring near
+    detection per (object, frame) (the first of equal scores), the matches' box edges back-projected
+    together (one by one, skipping an edge without a viewing ray, if the batch has such an edge)."""
+    dtype = v.cams.dtype
+    pos = v.gt_positions.to(dtype)
+    cam = v.camera
+    pix, depth = project(pos.unsqueeze(1), v.cams.unsqueeze(0), v.looks.unsqueeze(0), cam)      # (K,T,2), (K,T)
+    vis = visible(pix, depth, cam)
+    dets = v.detections
+    T, Dm = len(dets), max((len(d) for d in dets), default=0)
+    if Dm == 0:
+        return []
+    centers = torch.zeros(T, Dm, 2, dtype=dtype)
+    boxes = torch.zeros(T, Dm, 4, dtype=dtype)
+    cats = torch.full((T, Dm), -1, dtype=torch.long)
+    scores = torch.full((T, Dm), -math.inf, dtype=dtype)
+    for t, d in enumerate(dets):
+        n = len(d)
+        if n:
+            centers[t, :n], boxes[t, :n] = d.centers, d.boxes
+            cats[t, :n], scores[t, :n] = d.categories, d.scores.to(dtype)
+    gt_c = v.gt_categories.to(torch.long)
+    near = ((cats.unsqueeze(0) == gt_c[:, None, None]) & vis.unsqueeze(-1)
+            & ((centers.unsqueeze(0) - pix.unsqueeze(2)).norm(dim=-1) <= radius))                  # (K,T,Dm)
+    kk, tt = near.any(-1).nonzero(as_tuple=True)                                                    # k, then t
+    if len(kk) == 0:
+        return []
+    best = torch.where(near, scores.unsqueeze(0), torch.full((), -math.inf, dtype=dtype)).argmax(-1)[kk, tt]
+    x1, y1, x2, y2 = boxes[tt, best].unbind(-1)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    edges = torch.stack([torch.stack([x1, cy], -1), torch.stack([x2, cy], -1),
+                         torch.stack([cx, y1], -1), torch.stack([cx, y2], -1)], 1)                 # (P,4,2)
+    f, right, up = camera_frame(v.cams[tt], v.looks[tt])                                           # (P,3)
+    cams, looks, d = v.cams[tt].unsqueeze(1), v.looks[tt].unsqueeze(1), depth[kk, tt].unsqueeze(1).expand(-1, 4)
+    try:
+        pts = _plane_points(edges, cams, looks, d, cam, (f.unsqueeze(1), right.unsqueeze(1), up.unsqueeze(1)))
+        ok = [True] * len(kk)
+    except DataError:                    # some edge at 90 degrees or more from the axis: row by row
+        pts, ok = torch.zeros(len(kk), 4, 3, dtype=dtype), []
+        for i in range(len(kk)):
+            try:
+                pts[i] = _plane_points(edges[i], cams[i], looks[i], d[i], cam, (f[i], right[i], up[i]))
+                ok.append(True)
+            except DataError:
+                ok.append(False)
+    w = ((pts[:, 1] - pts[:, 0]).norm(dim=-1) / 2).tolist()
+    h = ((pts[:, 3] - pts[:, 2]).norm(dim=-1) / 2).tolist()
+    cs = gt_c[kk].tolist()
+    return [(cs[i], (w[i], h[i])) for i in range(len(kk)) if ok[i]]
+
+
 def object_extents(videos: Sequence[Video], radius: float = EXTENT_MATCH_RADIUS) -> dict:
     """Physical half-extents ``(half-width, half-height)`` in metres per category, from matched detections.
 
@@ -261,35 +314,10 @@ def object_extents(videos: Sequence[Video], radius: float = EXTENT_MATCH_RADIUS)
         _require_ground_truth(v)
         if v.gt_positions.shape[0] == 0:
             continue
-        pos = v.gt_positions.to(v.cams.dtype)
-        cam = v.camera
-        pix, depth = project(pos.unsqueeze(1), v.cams.unsqueeze(0), v.looks.unsqueeze(0), cam)  # (K,T,2), (K,T)
-        vis = visible(pix, depth, cam).tolist()
-        det_cats = [det.categories.tolist() for det in v.detections]      # per frame, plain ints
-        frames = {}                                                        # t -> camera_frame(cams[t], looks[t])
-        for k, c in enumerate(v.gt_categories.tolist()):
+        for c in v.gt_categories.tolist():
             per_cat.setdefault(c, [])
-            for t, det in enumerate(v.detections):
-                if not vis[k][t] or len(det) == 0:
-                    continue
-                same = [i for i, ci in enumerate(det_cats[t]) if ci == c]
-                if len(same) == 0:
-                    continue
-                same = torch.tensor(same, dtype=torch.long)
-                near = same[(det.centers[same] - pix[k, t]).norm(dim=-1) <= radius]
-                if len(near) == 0:
-                    continue
-                j = near[torch.argmax(det.scores[near])]
-                x1, y1, x2, y2 = det.boxes[j].tolist()
-                cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-                edges = torch.tensor([[x1, cy], [x2, cy], [cx, y1], [cx, y2]], dtype=v.cams.dtype)
-                if t not in frames:
-                    frames[t] = camera_frame(v.cams[t], v.looks[t])
-                try:
-                    pts = _plane_points(edges, v.cams[t], v.looks[t], depth[k, t].expand(4), cam, frames[t])
-                except DataError:            # an edge at 90 degrees or more from the axis
-                    continue
-                per_cat[c].append((float((pts[1] - pts[0]).norm()) / 2, float((pts[3] - pts[2]).norm()) / 2))
+        for c, extent in _video_extents(v, radius):
+            per_cat[c].append(extent)
     every = [e for es in per_cat.values() for e in es]
     fallback = tuple(np.median(np.array(every), 0).tolist()) if every else DEFAULT_HALF_EXTENT
     return {c: (tuple(np.median(np.array(es), 0).tolist()) if es else fallback) for c, es in per_cat.items()}
@@ -324,12 +352,15 @@ def projected_labels2d(video: Video, extents: dict) -> list:
     edge, _ = project(pos[:, None, None, :] + offs, video.cams[None, :, None], video.looks[None, :, None], cam)
     hw = (edge[:, :, 0, 0] - edge[:, :, 1, 0]).abs() / 2                                        # (K,T)
     hh = (edge[:, :, 3, 1] - edge[:, :, 2, 1]).abs() / 2
+    every = torch.stack([centre[..., 0] - hw, centre[..., 1] - hh, centre[..., 0] + hw, centre[..., 1] + hh], -1)
+    every_t, centre_t = every.transpose(0, 1), centre.transpose(0, 1)                         # (T,K,4), (T,K,2)
     out = []
-    for t in range(T):
-        ks = vis[:, t].nonzero().reshape(-1)
-        c = centre[ks, t]
-        boxes = torch.stack([c[:, 0] - hw[ks, t], c[:, 1] - hh[ks, t], c[:, 0] + hw[ks, t], c[:, 1] + hh[ks, t]], -1)
-        out.append(Boxes2D(cats[ks].clone(), boxes.reshape(-1, 4), c.reshape(-1, 2).clone()))
+    for t, ks in enumerate(vis.T.tolist()):            # each frame's visible objects (elementwise: the same numbers)
+        if all(ks):
+            out.append(Boxes2D(cats.clone(), every_t[t].clone(), centre_t[t].clone()))
+        else:
+            idx = torch.tensor([k for k, seen in enumerate(ks) if seen], dtype=torch.long)
+            out.append(Boxes2D(cats[idx], every_t[t, idx], centre_t[t, idx]))
     return out
 
 
