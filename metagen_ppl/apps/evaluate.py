@@ -74,10 +74,10 @@ Methods (``method``)
 videos 1-50 only and keeps it fixed for videos 51-100.
 
 Speed: one batched fit of all videos. On the shared data (100 videos x 20 frames, 2 cores)
-each fit takes one core: ours (a structure search) about 8-9 s, the lesioned model's (another
-search) about 8-9 s and the ground-truth V's (the objects fixed) about 1 s; with ``jobs`` 2
+each fit takes one core: ours (a structure search) about 3.5-5 s, the lesioned model's (another
+search) about 4-5 s and the ground-truth V's (the objects fixed) about 0.3 s; with ``jobs`` 2
 (the default where it pays) the last two run in a second process at the same time as ours, so
-the whole run takes about the time of one search plus the imports and the plot
+the whole run takes about the time of one search plus the imports, scores and the plot: 8-10 s
 (``comparisons/bench_evaluate.py`` prints every stage). The run uses one torch thread per
 process by default (``num_threads``).
 """
