@@ -25,6 +25,17 @@ def _clean_pyro_state():
     pyro.clear_param_store()
 
 
+def comparison_script(name: str):
+    """The module of ``comparisons/<name>.py`` (the scripts are not a package), loaded from its file."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "comparisons", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def simulated(num_objects, num_obs, seed, *, scale=1.0, weights=None, dtype=torch.float64):
     """``metagen_ppl.models.baseline.simulate`` as tensors: ``(data, truth)``."""
     from metagen_ppl.models import baseline

@@ -4,25 +4,19 @@ threshold it uses is where keeping a category starts to pay (brute force)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import numpy as np
 import pytest
 from scipy.special import gammaln
 from scipy.stats import nbinom
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import comparison_script
 
 
 @pytest.fixture(scope="module")
 def mod():
-    spec = importlib.util.spec_from_file_location("accuracy_ceiling",
-                                                  os.path.join(ROOT, "comparisons", "accuracy_ceiling.py"))
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
-    return m
+    return comparison_script("accuracy_ceiling")
 
 
 def test_negbin_loglik_is_scipys_negative_binomial(mod):

@@ -3,24 +3,17 @@ removes exactly its class."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 import torch
 
 from metagen_ppl.domain.camera import project
 from metagen_ppl.domain.metagen_data import Detections, Video
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import comparison_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("error_decomposition",
-                                                  os.path.join(ROOT, "comparisons", "error_decomposition.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return comparison_script("error_decomposition")
 
 
 def _video():
