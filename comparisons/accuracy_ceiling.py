@@ -183,8 +183,8 @@ def run_detector(path, label, threads) -> dict:
                 rows.append({"V": V_name, "count prior p": p, "decision": f"pi >= {pi:.2f}",
                              **split_scores(videos, s.objects()), "objects": int(s.active.sum())})
     true_objects = int(b.gt_mask.sum())
-    rates = [{"category": n, "r learned": float(learned.values["rates"][c]), "r ground truth": float(truth.values["rates"][c]),
-              "h learned": float(learned.values["hallucination"][c]),
+    rates = [{"category": n, "r learned": float(learned.values["rates"][c]),
+              "r ground truth": float(truth.values["rates"][c]), "h learned": float(learned.values["hallucination"][c]),
               "h ground truth": float(truth.values["hallucination"][c])} for c, n in enumerate(names)]
     return {"detector": label, "true_objects": true_objects, "videos": len(videos), "searches": rows,
             "rates": rates, "dispersion": dispersion_table(data, truth, names),

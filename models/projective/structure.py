@@ -185,8 +185,7 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         # memoised (as estep): the search asks again for the same state and responsibilities (record, deaths)
         key = self._state_key()
         memo = getattr(self, "_occam_memo", None)
-        if (memo is not None and memo[1] is resp and _same_state(memo[0], key)
-                and all(t._version == ver for t, ver in memo[3])):
+        if memo is not None and memo[1] is resp and self._unchanged(memo[0], memo[3], key):
             return memo[2]
         out = torch.zeros(self.active.shape, dtype=self.dtype)
         if bool(self.active.any()):
@@ -221,12 +220,16 @@ class ProjectiveSearch(BirthProposals, StructureSearch):
         return (tuple((n, t, getattr(t, "_version", None)) for n, t in self.values.items()),
                 self.cats, self.cats._version, self.active, self.active._version, self.data, self.C, self.noise)
 
+    def _unchanged(self, key, versions, now=None) -> bool:
+        """Whether a memo made at state ``key`` still holds: the state is the same (``now``, default the
+        current :meth:`_state_key`) and no tensor of ``versions`` (``[(tensor, version)]``) changed in place."""
+        now = self._state_key() if now is None else now
+        return _same_state(key, now) and all(t._version == v for t, v in versions)
+
     def _estep_memo_now(self):
         """The memoised E-step ``(key, out, versions, extras)`` when it is the current state's, else None."""
         memo = getattr(self, "_estep_memo", None)
-        if memo is not None and _same_state(memo[0], self._state_key()) and all(t._version == v for t, v in memo[2]):
-            return memo
-        return None
+        return memo if memo is not None and self._unchanged(memo[0], memo[2]) else None
 
     def scores(self, resp, loglik):
         occ = self._occam(resp)
