@@ -52,7 +52,8 @@ from metagen_ppl.domain.metagen_data import batch_videos, load_videos
 from metagen_ppl.domain.metrics import split_means, world_state_frame_scores
 from metagen_ppl.io import atomic_write_json
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from shared_data import default_data_dir
+
 DETECTORS = ("retinanet", "faster_rcnn")
 
 
@@ -61,13 +62,6 @@ def jaccard_threshold(intersection: float, union: float) -> float:
     Jaccard, when the frame's other categories have ``intersection`` and ``union`` with the truth:
     ``I / (I + U)`` (0 for an empty union)."""
     return 0.0 if union <= 0 else float(intersection) / (float(intersection) + float(union))
-
-
-def _default_data_dir():
-    for d in (os.path.join(ROOT, "..", "shared", "data", "metagen2021"), "/work/shared/data/metagen2021"):
-        if os.path.isfile(os.path.join(d, "data_labelled_retinanet.json")):
-            return d
-    return os.path.join(ROOT, "..", "shared", "data", "metagen2021")
 
 
 def poisson_loglik(n, e) -> tuple:
@@ -215,7 +209,7 @@ def print_report(res) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=_default_data_dir(), help="folder of the MetaGen detection files")
+    ap.add_argument("--data-dir", default=default_data_dir(), help="folder of the MetaGen detection files")
     ap.add_argument("--out", default="accuracy-ceiling", help="output folder (accuracy_ceiling.json)")
     ap.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=DETECTORS)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (one is fastest for these fits)")

@@ -63,17 +63,11 @@ from metagen_ppl.domain.metrics import (calibration, object_extents, projected_l
                                         world_state_frame_scores)
 from metagen_ppl.io import atomic_write_json
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from shared_data import default_data_dir
+
 DETECTORS = ("retinanet", "faster_rcnn")
 FIXES = ("missed", "missed, seen", "hallucination", "duplicate", "wrong category", "location")
 SEEN_BINS = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 10 ** 6))
-
-
-def _default_data_dir():
-    for d in (os.path.join(ROOT, "..", "shared", "data", "metagen2021"), "/work/shared/data/metagen2021"):
-        if os.path.isfile(os.path.join(d, "data_labelled_retinanet.json")):
-            return d
-    return os.path.join(ROOT, "..", "shared", "data", "metagen2021")
 
 
 def frames_seen(video, category: int, position, radius: float) -> int:
@@ -275,7 +269,7 @@ def print_table(name: str, dec: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=_default_data_dir(), help="folder of data_labelled_<detector>.json")
+    ap.add_argument("--data-dir", default=default_data_dir(), help="folder of data_labelled_<detector>.json")
     ap.add_argument("--out", default="error-decomposition", help="output folder (evaluate runs and decomposition.json)")
     ap.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=DETECTORS)
     ap.add_argument("--gate", type=float, default=1.5, help="matching gate in metres (default 1.5)")

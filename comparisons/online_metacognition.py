@@ -34,7 +34,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -50,24 +49,10 @@ from metagen_ppl.io import atomic_write_json
 from metagen_ppl.models.projective import data_from_videos, fit_videos, select_videos
 from metagen_ppl.models.projective.online import fit_videos_online
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from shared_data import default_data_dir
+
 DETECTORS = ("retinanet", "faster_rcnn")
 CURVE = (0, 5, 10, 20, 30, 40, 50, 75, 100)
-
-
-def _default_data_dir():
-    for d in (os.path.join(ROOT, "..", "shared", "data", "metagen2021"), "/work/shared/data/metagen2021"):
-        if os.path.isfile(os.path.join(d, "data_labelled_retinanet.json")):
-            return d
-    return os.path.join(ROOT, "..", "shared", "data", "metagen2021")
-
-
-def _decomposition():
-    spec = importlib.util.spec_from_file_location("error_decomposition",
-                                                  os.path.join(ROOT, "comparisons", "error_decomposition.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def scores(videos, objects) -> np.ndarray:
@@ -188,7 +173,7 @@ def plot(path_curve, path_rel, results) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=_default_data_dir())
+    ap.add_argument("--data-dir", default=default_data_dir())
     ap.add_argument("--out", default="online-metacognition", help="output folder")
     ap.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=DETECTORS)
     ap.add_argument("--kappa", type=float, default=1.0, help="step sizes eta_i = (i + t0)^-kappa (default 1)")
@@ -197,7 +182,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     schedule = StepSchedule(args.kappa, args.t0)
-    classify = _decomposition().classify
+    from error_decomposition import classify     # the sibling script (this folder is on sys.path)
     os.makedirs(args.out, exist_ok=True)
     results = {}
     for det in args.detectors:

@@ -39,17 +39,9 @@ from metagen_ppl.domain.metagen_data import CATEGORIES
 from metagen_ppl.errors import MetagenError
 from metagen_ppl.io import atomic_write_json
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the source checkout (outputs go to ROOT/comparisons/out)
-
+from shared_data import default_data_dir
 
 DETECTORS = ("retinanet", "faster_rcnn")
-
-
-def _default_data_dir():
-    for d in (os.path.join(ROOT, "..", "shared", "data", "metagen2021"), "/work/shared/data/metagen2021"):
-        if os.path.isfile(os.path.join(d, "data_labelled_retinanet.json")):
-            return d
-    return os.path.join(ROOT, "..", "shared", "data", "metagen2021")
 
 
 def _fmt(x):
@@ -62,7 +54,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)          # a shared 2-core machine: intra-op threads only add contention
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=_default_data_dir())
+    p.add_argument("--data-dir", default=default_data_dir())
     p.add_argument("--out", default="real-detectors")
     p.add_argument("--svi-steps", type=int, default=300)
     p.add_argument("--svi-lr", type=float, default=0.03)

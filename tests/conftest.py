@@ -29,7 +29,11 @@ def comparison_script(name: str):
     """The module of ``comparisons/<name>.py`` (the scripts are not a package), loaded from its file."""
     import importlib.util
     import os
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "comparisons", f"{name}.py")
+    import sys
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "comparisons")
+    if folder not in sys.path:          # as `python comparisons/<name>.py` does: the scripts import shared_data
+        sys.path.append(folder)
+    path = os.path.join(folder, f"{name}.py")
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
