@@ -555,7 +555,7 @@ def visible(pixels, depth, camera: Optional[Camera] = None):
     return inside & (depth > 0)
 
 
-def pixel_to_ray(pixels, cam, look, camera: Optional[Camera] = None):
+def pixel_to_ray(pixels, cam, look, camera: Optional[Camera] = None, frame=None):
     """Unit direction of the ray from the camera through a pixel.
 
     The inverse of :func:`project`: every point ``cam + t * ray`` (``t > 0``)
@@ -572,6 +572,8 @@ def pixel_to_ray(pixels, cam, look, camera: Optional[Camera] = None):
         Camera positions and look-at points (broadcast against ``pixels``).
     camera : Camera, optional
         The camera model; default :data:`DEFAULT_CAMERA`.
+    frame : tuple of three (..., 3) tensors, optional
+        ``camera_frame(cam, look)`` when the caller has it already (the same numbers, computed once).
 
     Returns
     -------
@@ -589,7 +591,7 @@ def pixel_to_ray(pixels, cam, look, camera: Optional[Camera] = None):
     _check_last_dim(pixels, 2, "pixels")
     camera = DEFAULT_CAMERA if camera is None else camera
     camera.check_pixels(pixels)
-    f, right, up = camera_frame(cam, look)
+    f, right, up = camera_frame(cam, look) if frame is None else frame
     _check_broadcast(pixels=pixels, cam=f)
     a, b = camera.ray_coefficients(pixels)
     ray = f + a.unsqueeze(-1) * right + b.unsqueeze(-1) * up

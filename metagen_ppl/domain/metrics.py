@@ -226,18 +226,10 @@ DEFAULT_HALF_EXTENT = (0.25, 0.25)
 def _plane_points(pixels, cam, look, depth, camera=None, frame=None):
     """The points at ``depth`` (along the optical axis) on the rays through ``pixels``, ``(..., 3)``.
 
-    ``frame``: ``camera_frame(cam, look)`` when already computed (the same numbers; it saves computing it
-    twice per call)."""
-    if frame is None:
-        ray = pixel_to_ray(pixels, cam, look, camera)
-        f, _, _ = camera_frame(cam, look)
-    else:                                        # pixel_to_ray's arithmetic, with the frame given
-        camera = DEFAULT_CAMERA if camera is None else camera
-        camera.check_pixels(pixels)
-        f, right, up = frame
-        a, b = camera.ray_coefficients(pixels)
-        ray = f + a.unsqueeze(-1) * right + b.unsqueeze(-1) * up
-        ray = ray / ray.norm(dim=-1, keepdim=True)
+    ``frame``: ``camera_frame(cam, look)`` when already computed (the same numbers)."""
+    frame = camera_frame(cam, look) if frame is None else frame
+    ray = pixel_to_ray(pixels, cam, look, camera, frame=frame)
+    f = frame[0]
     t = depth.unsqueeze(-1) / (ray * f).sum(-1, keepdim=True).clamp_min(1e-9)
     return cam + t * ray
 
